@@ -1,0 +1,37 @@
+# `make test` and `make demo` set up what is missing (venv, pinned torch, the package, the
+# bundled Fashion-MNIST data) and then run. Both are idempotent.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.condnet-installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: setup data test demo lint clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+data:
+	@bash scripts/install-data.sh $(FASHION_MNIST)
+
+# pytest exits 5 when it collects nothing: report it, but it is not a failure of the suite.
+test: setup
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+demo: setup
+	$(BIN)/condnet profile --model paper-standard
+	$(BIN)/condnet profile --model paper-se
+	$(BIN)/condnet profile --model paper-condconv
+
+lint: setup
+	$(BIN)/pip install -q ruff && $(BIN)/ruff check condnet tests
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

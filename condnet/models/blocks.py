@@ -1,0 +1,181 @@
+"""The three building blocks of the paper (Figure 2), registered by name.
+
+Every block has the same constructor signature, so the builder (and a user extending the
+registry) can swap them per stage:
+
+    Block(in_channels, out_channels, stride, *, expansion, kernel_size, se_ratio,
+          num_experts, routing, act_layer, norm_layer)
+
+Expanded width Ne = expansion * in_channels; identity path exactly when in == out and stride 1.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from condnet.errors import CondnetError
+from condnet.models.condconv import CondConv2d, Routing
+
+LayerFactory = Callable[..., nn.Module]
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv (no bias), BN, optional activation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        act_layer: LayerFactory | None = nn.ReLU,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
+        )
+        self.bn = norm_layer(out_channels)
+        self.act = act_layer(inplace=True) if act_layer else nn.Identity()
+
+
+class CondConvNormAct(nn.Module):
+    """CondConv2d, BN, optional activation; takes the routing weights beside the input."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        num_experts: int = 4,
+        own_routing: bool = False,
+        act_layer: LayerFactory | None = nn.ReLU,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.conv = CondConv2d(
+            in_channels, out_channels, kernel_size, stride, None, groups, num_experts, own_routing
+        )
+        self.bn = norm_layer(out_channels)
+        self.act = act_layer(inplace=True) if act_layer else nn.Identity()
+
+    def forward(self, x: Tensor, routing_weights: Tensor | None = None) -> Tensor:
+        return self.act(self.bn(self.conv(x, routing_weights)))
+
+
+class SqueezeExcite(nn.Module):
+    """Global average pool, Linear C -> C/R, activation, Linear C/R -> C, sigmoid, rescale."""
+
+    complexity_kind = "se"
+
+    def __init__(self, channels: int, reduced: int, act_layer: LayerFactory = nn.ReLU) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, reduced)
+        self.act = act_layer(inplace=True)
+        self.fc2 = nn.Linear(reduced, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3))))))
+        return x * scale[:, :, None, None]
+
+
+class StandardBlock(nn.Module):
+    """Block A: 1x1 expand, k x k depthwise (stride), 1x1 project, identity when shapes allow."""
+
+    with_se = False
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        expansion: int = 4,
+        kernel_size: int = 3,
+        se_ratio: int = 4,
+        num_experts: int = 4,
+        routing: str = "block",
+        act_layer: LayerFactory = nn.ReLU,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        inner = in_channels * expansion
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.has_identity = in_channels == out_channels and stride == 1
+        layer = dict(act_layer=act_layer, norm_layer=norm_layer)
+        self.expand = ConvNormAct(in_channels, inner, 1, **layer)
+        self.depthwise = ConvNormAct(inner, inner, kernel_size, stride, groups=inner, **layer)
+        self.se = SqueezeExcite(inner, inner // se_ratio, act_layer) if self.with_se else nn.Identity()
+        self.project = ConvNormAct(inner, out_channels, 1, act_layer=None, norm_layer=norm_layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.project(self.se(self.depthwise(self.expand(x))))
+        return out + x if self.has_identity else out
+
+
+class SEBlock(StandardBlock):
+    """Block B: Block A with squeeze-and-excitation on the expanded channels (Figure 3)."""
+
+    with_se = True
+
+
+class CondConvBlock(nn.Module):
+    """Block C: Block B whose three convolutions are CondConvs with `num_experts` experts.
+
+    Routing is computed once per block from its input and shared by the three CondConvs
+    (`routing="block"`), or by each CondConv from its own input (`routing="conv"`).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        *,
+        expansion: int = 4,
+        kernel_size: int = 3,
+        se_ratio: int = 4,
+        num_experts: int = 4,
+        routing: str = "block",
+        act_layer: LayerFactory = nn.ReLU,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        inner = in_channels * expansion
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.has_identity = in_channels == out_channels and stride == 1
+        own = routing == "conv"
+        self.routing = None if own else Routing(in_channels, num_experts)
+        cond = dict(num_experts=num_experts, own_routing=own, norm_layer=norm_layer)
+        self.expand = CondConvNormAct(in_channels, inner, 1, act_layer=act_layer, **cond)
+        self.depthwise = CondConvNormAct(
+            inner, inner, kernel_size, stride, groups=inner, act_layer=act_layer, **cond
+        )
+        self.se = SqueezeExcite(inner, inner // se_ratio, act_layer)
+        self.project = CondConvNormAct(inner, out_channels, 1, act_layer=None, **cond)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weights = self.routing(x) if self.routing is not None else None
+        out = self.depthwise(self.expand(x, weights), weights)
+        out = self.project(self.se(out), weights)
+        return out + x if self.has_identity else out
+
+
+BLOCKS: dict[str, type[nn.Module]] = {
+    "standard": StandardBlock,
+    "se": SEBlock,
+    "condconv": CondConvBlock,
+}
+
+
+def get_block(name: str) -> type[nn.Module]:
+    """The block class registered under `name`."""
+    if name not in BLOCKS:
+        raise CondnetError(f"unknown block {name!r}; registered blocks: {', '.join(sorted(BLOCKS))}")
+    return BLOCKS[name]

@@ -1,0 +1,86 @@
+"""The network builder: turns a `NetSpec` into modules (stem, stages of blocks, head, classifier)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from condnet.models.blocks import ConvNormAct, LayerFactory, get_block
+from condnet.models.condconv import CondConv2d
+from condnet.models.spec import NetSpec, StageSpec
+
+
+class CondNet(nn.Module):
+    """EfficientNet-style classifier described by a `NetSpec` (paper Table 1 by default).
+
+    `forward_features` returns the head conv's feature map (N x head.channels x H x W);
+    `forward_head` pools it and applies the classifier.
+    """
+
+    def __init__(
+        self,
+        spec: NetSpec,
+        act_layer: LayerFactory = nn.ReLU,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        layer = dict(act_layer=act_layer, norm_layer=norm_layer)
+        self.stem = ConvNormAct(
+            spec.in_channels, spec.stem.channels, spec.stem.kernel_size, spec.stem.stride, **layer
+        )
+        stages, channels = [], spec.stem.channels
+        for stage in spec.stages:
+            stages.append(_build_stage(channels, stage, **layer))
+            channels = stage.channels
+        self.stages = nn.Sequential(*stages)
+        self.head = ConvNormAct(channels, spec.head.channels, 1, **layer)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(spec.head.channels, spec.num_classes)
+        init_weights(self)
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.pool(x).flatten(1)
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _build_stage(in_channels: int, stage: StageSpec, **layer: LayerFactory) -> nn.Sequential:
+    block = get_block(stage.block)
+    options = dict(
+        expansion=stage.expansion,
+        kernel_size=stage.kernel_size,
+        se_ratio=stage.se_ratio,
+        num_experts=stage.num_experts,
+        routing=stage.routing,
+        **layer,
+    )
+    blocks = [block(in_channels, stage.channels, stage.stride, **options)]
+    blocks += [block(stage.channels, stage.channels, 1, **options) for _ in range(stage.repeats - 1)]
+    return nn.Sequential(*blocks)
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module) -> None:
+    """He-normal (fan-out) convs and experts, unit BN, small-normal linears with zero bias."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, CondConv2d):
+            for expert in module.weight:
+                nn.init.kaiming_normal_(expert, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,69 @@
+"""CondConv2d against the definition: a per-example mixed kernel applied as an ordinary conv."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from condnet.errors import CondnetError
+from condnet.models.condconv import CondConv2d
+
+
+def naive(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    outs = []
+    for xi, ri in zip(x, r):
+        w = sum(ri[m] * layer.weight[m] for m in range(layer.num_experts))
+        outs.append(F.conv2d(xi[None], w, None, layer.stride, layer.padding, groups=layer.groups))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_matches_per_example_loop(depthwise, stride, batch, kernel_size):
+    cin, cout = (12, 12) if depthwise else (6, 10)
+    layer = CondConv2d(cin, cout, kernel_size, stride, groups=cin if depthwise else 1, num_experts=3)
+    x = torch.randn(batch, cin, 9, 9, requires_grad=True)
+    r = torch.rand(batch, 3, requires_grad=True)
+    out = layer(x, r)
+    ref_layer_out = naive(layer, x, r)
+    torch.testing.assert_close(out, ref_layer_out, rtol=1e-5, atol=1e-5)
+
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, r, layer.weight), grad)
+    want = torch.autograd.grad(ref_layer_out, (x, r, layer.weight), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_not_depthwise_and_own_routing():
+    layer = CondConv2d(8, 12, 3, 1, groups=4, num_experts=2, own_routing=True)
+    x = torch.randn(3, 8, 7, 7)
+    torch.testing.assert_close(layer(x), naive(layer, x, layer.router(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_one_is_one_plain_conv(monkeypatch):
+    layer = CondConv2d(6, 8, 3, num_experts=4)
+    calls = []
+    real = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    layer(torch.randn(1, 6, 5, 5), torch.rand(1, 4))
+    assert calls == [torch.Size([8, 6, 3, 3])]  # one conv with a plain conv's weight shape
+
+
+def test_bad_routing_shape_and_groups():
+    layer = CondConv2d(4, 4, 3, num_experts=4)
+    with pytest.raises(CondnetError, match="routing_weights must have shape"):
+        layer(torch.randn(2, 4, 5, 5), torch.rand(2, 3))
+    with pytest.raises(CondnetError, match="needs routing_weights"):
+        layer(torch.randn(2, 4, 5, 5))
+    with pytest.raises(CondnetError, match="groups=3 must divide"):
+        CondConv2d(4, 4, 3, groups=3)
+
+
+def test_experts_initialised_independently():
+    layer = CondConv2d(16, 16, 3, num_experts=4)
+    w = layer.weight.detach()
+    assert not torch.allclose(w[0], w[1])
+    bound = 1 / (16 * 9) ** 0.5  # nn.Conv2d's default: kaiming_uniform(a=sqrt(5))
+    assert w.abs().max() <= bound
