@@ -1,0 +1,7 @@
+"""One module per `condnet` subcommand. Each has `register(subparsers)` that adds its parser and
+sets `run=function(args) -> exit code`. Handlers parse and call the library, nothing more."""
+
+COMMANDS = [
+    "models",
+    "profile",
+]

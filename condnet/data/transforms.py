@@ -1,0 +1,52 @@
+"""The paper's transforms (SPEC section 4) with torchvision `transforms.v2`.
+
+Inputs are PIL images or uint8 tensors (C x H x W); outputs are normalised float32 tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def train_transform(
+    crop: int = 56,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """RandomResizedCrop(crop, scale, ratio), horizontal flip with probability `hflip`, normalise."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(crop, scale=tuple(scale), ratio=tuple(ratio), antialias=True),
+            v2.RandomHorizontalFlip(hflip),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+def eval_transform(
+    resize: int = 64,
+    crop: int = 56,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """Resize the short side to `resize`, center-crop `crop`, normalise."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resize, antialias=True),
+            v2.CenterCrop(crop),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
