@@ -4,4 +4,6 @@ sets `run=function(args) -> exit code`. Handlers parse and call the library, not
 COMMANDS = [
     "models",
     "profile",
+    "train",
+    "evaluate",
 ]

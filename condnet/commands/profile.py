@@ -12,7 +12,7 @@ from condnet.models import build_model
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="MACs and coefficients per layer (paper Table 4)")
     p.add_argument("--model", default="paper-standard", help="preset name (see `condnet models`)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="model override, e.g. kernel_size=5 or widths=[16,24,40,80,160,320]")
     p.add_argument("--resolution", type=int, default=56, help="input height and width (56)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

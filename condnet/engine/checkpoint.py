@@ -63,7 +63,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).splitlines()[0] if str(err) else "unsafe content"
+        lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported global" in ln]
+        reason = lines[0].split(" was not")[0] if lines else "unsafe content"
         raise CondnetError(
             f"{path}: refused to load: it holds objects other than tensors and plain data ({reason[:200]})"
         ) from None

@@ -1,0 +1,223 @@
+"""Run configuration: dataclasses loaded from YAML plus dotted `key=value` overrides.
+
+Validated once, on load: every error is one line naming the key and what is allowed. The
+resolved configuration is saved next to every result and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from condnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from condnet.errors import CondnetError
+
+SOURCES = ("imagefolder", "imagenet64", "cifar10", "cifar100", "fashion-mnist", "synthetic")
+
+
+def _spec(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
+    """A field with validation rules: min, max (inclusive), gt (exclusive), choices, length."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _spec("paper-standard")
+    overrides: dict = _spec({})  # NetSpec overrides (num_classes comes from the data)
+
+
+@dataclass
+class DataConfig:
+    source: str = _spec("imagefolder", choices=SOURCES)
+    root: str | None = _spec(None)  # default per source (fashion-mnist: Debian's folder)
+    classes: str | None = _spec(None)  # imagenet64: class-list file
+    download: bool = _spec(False)  # cifar: fetch when missing (needs a network)
+    train_subset: int = _spec(0, min=0)  # 0: all; else this many images, class-balanced
+    val_subset: int = _spec(0, min=0)
+    resize: int = _spec(64, min=1)  # eval: short side resized to this ...
+    crop: int = _spec(56, min=1)  # ... then center crop; train: random resized crop size
+    scale: list = _spec([0.08, 1.0], length=2, gt=0.0, max=1.0)
+    ratio: list = _spec([3 / 4, 4 / 3], length=2, gt=0.0)
+    hflip: float = _spec(0.5, min=0.0, max=1.0)
+    mean: list = _spec(list(IMAGENET_MEAN), length=3)
+    std: list = _spec(list(IMAGENET_STD), length=3, gt=0.0)
+    num_workers: int = _spec(0, min=0)
+    on_bad_image: str = _spec("skip", choices=("skip", "error"))  # unreadable files
+    synthetic_images: int = _spec(512, min=1)  # synthetic: training images (val: a quarter)
+    synthetic_classes: int = _spec(10, min=2)
+    synthetic_size: int = _spec(32, min=4)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _spec(55, min=1)
+    batch_size: int = _spec(256, min=1)
+    eval_batch_size: int = _spec(256, min=1)
+    lr_start: float = _spec(0.002, min=0.0)  # linear warm-up from here ...
+    lr_peak: float = _spec(0.2, gt=0.0)  # ... to here over `warmup_epochs`,
+    lr_final: float = _spec(0.0002, min=0.0)  # then half-cosine down to this at the last epoch
+    warmup_epochs: int = _spec(5, min=0)
+    momentum: float = _spec(0.9, min=0.0, max=1.0)
+    nesterov: bool = _spec(True)
+    weight_decay: float = _spec(5e-5, min=0.0)
+    label_smoothing: float = _spec(0.0, min=0.0, max=1.0)
+
+
+@dataclass
+class RunConfig:
+    seed: int = _spec(0, min=0)
+    device: str = _spec("auto", choices=("auto", "cpu", "cuda"))
+    deterministic: bool = _spec(False)
+    amp: bool = _spec(True)  # bf16 autocast, on CUDA only
+    channels_last: bool = _spec(True)
+    compile: bool = _spec(False)
+    threads: int = _spec(0, min=0)  # CPU threads for torch (0: torch's default)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _check_value(key: str, value: Any, hint: Any, rules: Mapping[str, Any]) -> Any:
+    """Return `value` coerced to the field's type, or raise naming `key`."""
+    types = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    if value is None:
+        if type(None) in typing.get_args(hint):
+            return None
+        raise CondnetError(f"{key}: a value is required ({_describe(types[0], rules)})")
+    kind = types[0]
+    ok = (
+        (kind is bool and isinstance(value, bool))
+        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (kind is str and isinstance(value, str))
+        or (kind is list and isinstance(value, list) and all(_is_number(v) for v in value))
+        or (kind is dict and isinstance(value, dict))
+    )
+    if not ok:
+        raise CondnetError(f"{key}: expected {_describe(kind, rules)}, got {value!r}")
+    value = float(value) if kind is float else value
+    values = [float(v) for v in value] if kind is list else [value]
+    if kind is list and "length" in rules and len(values) != rules["length"]:
+        raise CondnetError(f"{key}: expected {_describe(kind, rules)}, got {value!r}")
+    if "choices" in rules and value not in rules["choices"]:
+        raise CondnetError(f"{key}: expected one of {', '.join(rules['choices'])}; got {value!r}")
+    for v in values if kind in (int, float, list) else []:
+        bad = ("min" in rules and v < rules["min"]) or ("max" in rules and v > rules["max"])
+        if bad or ("gt" in rules and v <= rules["gt"]):
+            raise CondnetError(f"{key}: expected {_describe(kind, rules)}, got {value!r}")
+    return values if kind is list else value
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _describe(kind: type, rules: Mapping[str, Any]) -> str:
+    name = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            dict: "a mapping", list: f"a list of {rules.get('length', 'some')} numbers"}[kind]  # fmt: skip
+    bounds = [f">= {rules['min']}" if "min" in rules else "", f"> {rules['gt']}" if "gt" in rules else "",
+              f"<= {rules['max']}" if "max" in rules else ""]  # fmt: skip
+    bounds = [b for b in bounds if b]
+    return name + (f" ({' and '.join(bounds)})" if bounds else "")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise CondnetError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            raise CondnetError(
+                f"unknown key '{prefix}{key}'; allowed: {', '.join(prefix + f for f in fields)}"
+            )
+    values = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], data[name], f"{prefix}{name}.")
+        else:
+            values[name] = _check_value(prefix + name, data[name], hints[name], f.metadata)
+    return cls(**values)
+
+
+def _check_consistency(cfg: Config) -> None:
+    from condnet.models import get_spec
+
+    if "num_classes" in cfg.model.overrides:
+        raise CondnetError("model.overrides.num_classes: not allowed, the data sets the classes")
+    try:
+        get_spec(cfg.model.name, **cfg.model.overrides)
+    except CondnetError as err:
+        raise CondnetError(f"model: {err}") from None
+    if cfg.data.crop > cfg.data.resize:
+        raise CondnetError(
+            f"data.crop: must be at most data.resize ({cfg.data.resize}), got {cfg.data.crop}"
+        )
+    low, high = cfg.data.scale
+    if low > high:
+        raise CondnetError(f"data.scale: expected [low, high] with low <= high, got {cfg.data.scale}")
+    if cfg.data.ratio[0] > cfg.data.ratio[1]:
+        raise CondnetError(f"data.ratio: expected [low, high] with low <= high, got {cfg.data.ratio}")
+    if cfg.train.warmup_epochs >= cfg.train.epochs and cfg.train.epochs > 1:
+        raise CondnetError(
+            f"train.warmup_epochs: must be below train.epochs ({cfg.train.epochs}), "
+            f"got {cfg.train.warmup_epochs}"
+        )
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    target = data
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise CondnetError(f"{key}: {part!r} is not a section")
+    target[parts[-1]] = value
+
+
+def from_dict(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build and validate a Config from nested data and dotted overrides (``train.epochs``)."""
+    data = yaml.safe_load(yaml.safe_dump(dict(data)))  # deep copy of plain data
+    for key, value in (overrides or {}).items():
+        if key.startswith("model.overrides."):
+            data.setdefault("model", {}).setdefault("overrides", {})[key[16:]] = value
+        else:
+            _set_dotted(data, key, value)
+    cfg = _build(Config, data, "")
+    _check_consistency(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read a YAML config (None: the defaults, i.e. the paper recipe) and apply overrides."""
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise CondnetError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise CondnetError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    return from_dict(data, overrides)

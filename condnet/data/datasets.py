@@ -1,0 +1,122 @@
+"""Datasets over `Split`s, the source dispatch, subsets, and data loaders."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from condnet.config import DataConfig
+from condnet.data import sources
+from condnet.data.images import BadImage, load_rgb
+from condnet.data.sources import Split
+from condnet.data.transforms import eval_transform, train_transform
+from condnet.errors import CondnetError
+
+
+class SplitDataset(Dataset):
+    """(transformed image, label) pairs; an unreadable file yields None (or raises, on request)."""
+
+    def __init__(self, split: Split, transform: Callable, on_bad_image: str = "skip") -> None:
+        self.split, self.transform, self.on_bad_image = split, transform, on_bad_image
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        images = self.split.images
+        if isinstance(images, np.ndarray):
+            image = torch.from_numpy(images[index]).permute(2, 0, 1)
+            image = image.expand(3, -1, -1) if image.shape[0] == 1 else image
+        else:
+            try:
+                image = load_rgb(images[index])
+            except BadImage as err:
+                if self.on_bad_image == "error":
+                    raise CondnetError(str(err)) from None
+                print(f"warning: skipped {err}", file=sys.stderr)
+                return None
+        return self.transform(image), int(self.split.labels[index])
+
+
+def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the readable samples; the third item counts the skipped ones."""
+    good = [b for b in batch if b is not None]
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), len(batch)
+    images = torch.stack([b[0] for b in good])
+    labels = torch.tensor([b[1] for b in good], dtype=torch.long)
+    return images, labels, len(batch) - len(good)
+
+
+def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split]:
+    """Read the configured source and take the configured class-balanced subsets."""
+    root = Path(cfg.root) if cfg.root else None
+    if cfg.source == "synthetic":
+        train, val = sources.make_synthetic(cfg.synthetic_images, cfg.synthetic_classes, cfg.synthetic_size, seed)
+    elif cfg.source == "fashion-mnist":
+        train, val = sources.read_fashion_mnist(root or Path(sources.FASHION_MNIST_ROOT))
+    elif root is None:
+        raise CondnetError(f"data.root: required for data.source={cfg.source}")
+    elif cfg.source == "imagefolder":
+        train, val = sources.read_imagefolder(root)
+    elif cfg.source == "imagenet64":
+        train, val = sources.read_imagenet64(root, Path(cfg.classes) if cfg.classes else None)
+    else:
+        train, val = sources.read_cifar(root, 10 if cfg.source == "cifar10" else 100, cfg.download)
+    return subset(train, cfg.train_subset, seed), subset(val, cfg.val_subset, seed + 1)
+
+
+def subset(split: Split, size: int, seed: int) -> Split:
+    """`size` examples, as equal per class as possible, in a seeded random order (0: all)."""
+    if size == 0 or size >= len(split):
+        return split
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(split))
+    # Rank each example within its class, then take the lowest ranks first: class-balanced.
+    rank = np.empty(len(split), dtype=np.int64)
+    for label in np.unique(split.labels):
+        members = order[split.labels[order] == label]
+        rank[members] = np.arange(len(members))
+    chosen = order[np.argsort(rank[order], kind="stable")[:size]]
+    return split.take(np.sort(chosen))
+
+
+def make_datasets(cfg: DataConfig, train: Split, val: Split) -> tuple[SplitDataset, SplitDataset]:
+    mean, std = cfg.mean, cfg.std
+    train_tf = train_transform(cfg.crop, cfg.scale, cfg.ratio, cfg.hflip, mean, std)
+    eval_tf = eval_transform(cfg.resize, cfg.crop, mean, std)
+    return SplitDataset(train, train_tf, cfg.on_bad_image), SplitDataset(val, eval_tf, cfg.on_bad_image)
+
+
+class ShardSampler(Sampler[int]):
+    """Indices rank, rank + world, ...: every example exactly once over all ranks (evaluation)."""
+
+    def __init__(self, size: int, rank: int, world: int) -> None:
+        self.indices = range(rank, size, world)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, shuffle: bool,
+                generator: torch.Generator | None, workers: int, drop_last: bool = False) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=shuffle if sampler is None else False,
+        generator=generator,
+        num_workers=workers,
+        collate_fn=collate_skipping,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )

@@ -1,0 +1,99 @@
+"""Where and how a run computes: device, precision, memory format, seeding, determinism."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from condnet.config import RunConfig
+from condnet.engine import distributed
+from condnet.engine.distributed import Dist
+from condnet.errors import CondnetError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dist: Dist
+    amp: bool  # bf16 autocast (CUDA only)
+    channels_last: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        images = images.to(self.device, non_blocking=True, memory_format=fmt)
+        return images, labels.to(self.device, non_blocking=True)
+
+
+def place_model(model: torch.nn.Module, rt: "Runtime") -> torch.nn.Module:
+    """Move `model` to the device; with channels_last, every 4-D weight goes NHWC too.
+
+    (`Module.to(memory_format=...)` refuses the 5-D CondConv expert weights.)
+    """
+    model.to(rt.device)
+    if rt.channels_last:
+        for param in model.parameters():
+            if param.dim() == 4:
+                param.data = param.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
+def make_runtime(cfg: RunConfig) -> Runtime:
+    """Pick the device (auto: CUDA when present), join DDP under torchrun, set determinism."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise CondnetError("run.device: cuda was asked for but no CUDA device is available")
+    kind = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    ctx = distributed.setup(kind)
+    device = torch.device(kind, ctx.local_rank) if kind == "cuda" else torch.device("cpu")
+    if kind == "cuda":
+        torch.cuda.set_device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = kind == "cuda"
+    return Runtime(device, ctx, cfg.amp and kind == "cuda", cfg.channels_last)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """Seed every generator from (seed, epoch, rank) so that any epoch can be replayed exactly.
+
+    Returns the generator for the data loader (shuffling and worker seeds).
+    """
+    base = (seed * 1_000_003 + epoch * 7_919 + rank) % 2**31
+    random.seed(base)
+    np.random.seed(base)
+    torch.manual_seed(base)
+    return torch.Generator().manual_seed(base)
+
+
+def rng_state() -> dict:
+    """All generator states as checkpoint-safe data (tensors, lists, numbers)."""
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, list(state), gauss],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))

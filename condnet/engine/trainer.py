@@ -1,0 +1,262 @@
+"""The training loop: one path, with AMP, channels_last, compile and DDP as switches."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+import condnet
+from condnet.config import Config, from_dict
+from condnet.data.datasets import ShardSampler, load_splits, make_datasets, make_loader
+from condnet.engine import distributed
+from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from condnet.engine.metrics import MetricsLog, correct_topk, read_metrics, truncate_metrics
+from condnet.engine.runtime import (
+    Runtime,
+    make_runtime,
+    place_model,
+    rng_state,
+    seed_epoch,
+    set_rng_state,
+)
+from condnet.engine.schedule import lr_at
+from condnet.errors import CondnetError
+from condnet.models import CondNet, build_model
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool) -> Any:
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def train_one_epoch(
+    model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, rt: Runtime,
+    label_smoothing: float, desc: str, progress: bool,
+) -> tuple[float, int, int]:  # fmt: skip
+    """One pass over `loader`. Returns (mean loss, images seen, images skipped)."""
+    model.train()
+    loss_sum = torch.zeros((), device=rt.device)
+    seen = skipped = 0
+    bar = _progress(loader, len(loader), desc, progress)
+    for step, (images, labels, bad) in enumerate(bar):
+        skipped += bad
+        if labels.numel() == 0:
+            continue
+        images, labels = rt.to_device(images, labels)
+        with rt.autocast():
+            loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * labels.shape[0]
+        seen += labels.shape[0]
+        if progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")  # a sync, only when a person watches
+    # Sum over ranks and copy to the host: the epoch's one sync point.
+    totals = distributed.sum_across(torch.stack([loss_sum, torch.tensor(float(seen), device=rt.device),
+                                                 torch.tensor(float(skipped), device=rt.device)]), rt.dist)  # fmt: skip
+    loss_total, seen_total, skipped_total = totals.tolist()
+    return loss_total / max(seen_total, 1), int(seen_total), int(skipped_total)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, rt: Runtime, progress: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) over the loader's examples, summed over all ranks."""
+    model.eval()
+    sums = torch.zeros(4, device=rt.device)  # loss, top-1 hits, top-5 hits, count
+    for images, labels, _ in _progress(loader, len(loader), "eval", progress):
+        if labels.numel() == 0:
+            continue
+        images, labels = rt.to_device(images, labels)
+        with rt.autocast():
+            logits = model(images).float()
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
+        sums[1:3] += correct_topk(logits, labels)
+        sums[3] += labels.shape[0]
+    loss, top1, top5, count = distributed.sum_across(sums, rt.dist).tolist()
+    if count == 0:
+        raise CondnetError("evaluation: the validation set has no readable images")
+    return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count, "count": int(count)}
+
+
+def build_network(cfg: Config, num_classes: int) -> CondNet:
+    return build_model(cfg.model.name, num_classes=num_classes, **cfg.model.overrides)
+
+
+def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    t = cfg.train
+    return torch.optim.SGD(model.parameters(), lr=t.lr_start, momentum=t.momentum,
+                           nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay)  # fmt: skip
+
+
+def eval_loader(cfg: Config, val_set, rt: Runtime) -> DataLoader:
+    sampler = ShardSampler(len(val_set), rt.dist.rank, rt.dist.world)
+    return make_loader(val_set, cfg.train.eval_batch_size, sampler, False, None, cfg.data.num_workers)
+
+
+def _train_loader(cfg: Config, train_set, rt: Runtime, epoch: int, generator: torch.Generator) -> DataLoader:
+    per_rank = cfg.train.batch_size // rt.dist.world
+    sampler = None
+    if rt.dist.enabled:
+        sampler = DistributedSampler(train_set, rt.dist.world, rt.dist.rank, seed=cfg.run.seed)
+        sampler.set_epoch(epoch)
+    drop_last = len(train_set) // rt.dist.world >= per_rank
+    return make_loader(train_set, per_rank, sampler, True, generator, cfg.data.num_workers, drop_last)
+
+
+def _checkpoint_state(model: CondNet, optimizer, cfg: Config, class_names, epoch: int,
+                      metrics: list, best: float) -> dict[str, Any]:  # fmt: skip
+    return {
+        "model": model.state_dict(),
+        "model_spec": model.spec.to_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "rng": rng_state(),
+        "config": cfg.to_dict(),
+        "class_names": list(class_names),
+        "eval_transform": {"resize": cfg.data.resize, "crop": cfg.data.crop,
+                           "mean": cfg.data.mean, "std": cfg.data.std},  # fmt: skip
+        "metrics": metrics,
+        "best_top1": best,
+        "versions": {"condnet": condnet.__version__, "torch": str(torch.__version__)},
+    }
+
+
+def _restore(out: Path, model: CondNet, optimizer) -> tuple[int, list, float]:
+    state = load_checkpoint(out / "last.pt")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    return state["epoch"] + 1, state["metrics"], state["best_top1"]
+
+
+def resume_config(out: Path, overrides: dict[str, Any] | None = None) -> Config:
+    """The configuration a run in `out` was started with, plus `overrides`."""
+    state = load_checkpoint(out / "last.pt")
+    return from_dict(state["config"], overrides)
+
+
+def _log_line(record: dict[str, Any], epochs: int) -> str:
+    return (f"epoch {record['epoch'] + 1}/{epochs}  lr {record['lr']:.5f}  "
+            f"train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
+            f"top1 {record['val_top1']:.2f}  top5 {record['val_top5']:.2f}  "
+            f"({record['epoch_seconds']:.1f} s, {record['images_per_second']:.0f} img/s)")  # fmt: skip
+
+
+def train(
+    cfg: Config, out: str | Path, resume: bool = False, progress: bool | None = None,
+    stop_after: int | None = None,
+) -> list[dict]:  # fmt: skip
+    """Train per `cfg`, writing metrics and checkpoints to `out`; returns the metrics records.
+
+    `stop_after` ends the run after that many epochs in all (resumable, schedule unchanged).
+    """
+    out = Path(out)
+    rt = make_runtime(cfg.run)
+    progress = sys.stderr.isatty() if progress is None else progress
+    if cfg.train.batch_size % rt.dist.world:
+        raise CondnetError(f"train.batch_size: must be divisible by the {rt.dist.world} processes")
+    if not resume and (out / "last.pt").exists():
+        raise CondnetError(f"{out} already holds a run; resume it with --resume or choose another --out")
+    train_split, val_split = load_splits(cfg.data, cfg.run.seed)
+    train_set, val_set = make_datasets(cfg.data, train_split, val_split)
+    torch.manual_seed(cfg.run.seed)  # the initial weights
+    model = build_network(cfg, len(train_split.class_names))
+    optimizer = make_optimizer(model, cfg)
+    start, metrics, best = 0, [], -math.inf
+    if resume:
+        start, metrics, best = _restore(out, model, optimizer)
+    place_model(model, rt)
+    _optimizer_to(optimizer, rt.device)
+    net = _wrap(model, cfg, rt)
+    if rt.dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+        truncate_metrics(out, start)
+    log = MetricsLog(out) if rt.dist.main else None
+    val_loader = eval_loader(cfg, val_set, rt)
+    try:
+        end = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
+        for epoch in range(start, end):
+            record = _run_epoch(net, optimizer, cfg, rt, train_set, val_loader, epoch, progress)
+            metrics.append(record)
+            if rt.dist.main:
+                log.append(record)
+                print(_log_line(record, cfg.train.epochs), flush=True)
+                state = _checkpoint_state(model, optimizer, cfg, train_split.class_names, epoch, metrics, max(best, record["val_top1"]))
+                save_checkpoint(state, out / "last.pt")
+                if record["val_top1"] > best:
+                    save_checkpoint(state, out / "best.pt")
+            best = max(best, record["val_top1"])
+            distributed.barrier(rt.dist)
+    finally:
+        if log is not None:
+            log.close()
+        distributed.teardown(rt.dist)
+    return metrics
+
+
+def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, epoch: int,
+               progress: bool) -> dict[str, Any]:  # fmt: skip
+    lr = lr_at(epoch, cfg.train)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    generator = seed_epoch(cfg.run.seed, epoch, rt.dist.rank)
+    loader = _train_loader(cfg, train_set, rt, epoch, generator)
+    started = time.perf_counter()
+    desc = f"epoch {epoch + 1}/{cfg.train.epochs}"
+    loss, seen, skipped = train_one_epoch(net, loader, optimizer, rt, cfg.train.label_smoothing, desc, progress)
+    train_seconds = time.perf_counter() - started
+    if not math.isfinite(loss):
+        raise CondnetError(f"training loss became {loss} in epoch {epoch + 1}; stopped, "
+                           "the last good checkpoint is kept (try a lower train.lr_peak)")  # fmt: skip
+    if skipped:
+        print(f"warning: epoch {epoch + 1}: skipped {skipped} unreadable images", file=sys.stderr)
+    val = evaluate(net, val_loader, rt, progress)
+    return {
+        "epoch": epoch, "lr": lr, "train_loss": loss, "val_loss": val["loss"],
+        "val_top1": val["top1"], "val_top5": val["top5"],
+        "epoch_seconds": time.perf_counter() - started,
+        "images_per_second": seen / max(train_seconds, 1e-9), "skipped_images": skipped,
+    }  # fmt: skip
+
+
+def _wrap(model: nn.Module, cfg: Config, rt: Runtime) -> nn.Module:
+    net = model
+    if rt.dist.enabled:
+        ids = [rt.device.index] if rt.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    return torch.compile(net) if cfg.run.compile else net
+
+
+def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                state[key] = value.to(device)
+
+
+def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Validation loss, top-1 and top-5 of a checkpoint, with its own data config (+ overrides)."""
+    from condnet.engine.checkpoint import model_from_checkpoint
+
+    state = load_checkpoint(path)
+    if "config" not in state:
+        raise CondnetError(f"{path}: has no training config; cannot rebuild its validation set")
+    cfg = from_dict(state["config"], overrides)
+    rt = make_runtime(cfg.run)
+    _, val_split = load_splits(cfg.data, cfg.run.seed)
+    if len(val_split.class_names) != len(state["class_names"]):
+        raise CondnetError(f"the data has {len(val_split.class_names)} classes, the checkpoint {len(state['class_names'])}")
+    _, val_set = make_datasets(cfg.data, val_split, val_split)
+    model = place_model(model_from_checkpoint(state), rt)
+    result = evaluate(model, eval_loader(cfg, val_set, rt), rt)
+    return {"checkpoint": str(path), "epoch": state.get("epoch"), **result}

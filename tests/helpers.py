@@ -1,0 +1,82 @@
+"""Small fixtures shared by tests: tiny configs and on-disk data sets in every format."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from condnet.config import Config, from_dict
+
+TINY_MODEL = {"widths": [8, 8, 16, 16, 24, 24], "repeats": 1, "head_channels": 32}
+
+
+def tiny_config(**overrides) -> Config:
+    """A seconds-long run on synthetic data with a narrow network; override with dotted keys."""
+    data = {
+        "model": {"name": "paper-standard", "overrides": dict(TINY_MODEL)},
+        "data": {"source": "synthetic", "synthetic_images": 192, "synthetic_classes": 4,
+                 "synthetic_size": 20, "resize": 20, "crop": 16, "scale": [0.5, 1.0]},
+        "train": {"epochs": 3, "batch_size": 32, "eval_batch_size": 64, "warmup_epochs": 1,
+                  "lr_start": 0.01, "lr_peak": 0.1, "lr_final": 0.001},
+        "run": {"deterministic": True, "channels_last": False, "threads": 1},
+    }  # fmt: skip
+    return from_dict(data, overrides)
+
+
+def write_imagefolder(root: Path, classes=("cat", "dog", "fish"), per_class: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (40 + 3 * i, 50, 3), dtype=np.uint8)
+                pixels[..., c % 3] = 250
+                ext = ".JPEG" if i % 2 else ".png"
+                Image.fromarray(pixels).save(folder / f"{i}{ext}")
+    return root
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_imagenet64(root: Path, labels_per_batch=((1, 2, 3, 5), (2, 5, 7)), npz: bool = False) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+
+    def batch(labels):
+        data = rng.integers(0, 255, (len(labels), 3 * 64 * 64), dtype=np.uint8)
+        data[:, :4096] = np.array(labels)[:, None]  # red channel carries the label
+        return {"data": data, "labels": list(labels), "mean": np.zeros(12288)}
+
+    for i, labels in enumerate(labels_per_batch, 1):
+        write_batch(root / f"train_data_batch_{i}", batch(labels), npz)
+    write_batch(root / "val_data", batch((5, 2, 9)), npz)
+    return root
+
+
+def write_batch(path: Path, batch: dict, npz: bool) -> None:
+    if npz:
+        np.savez(path.with_suffix(".npz"), data=batch["data"], labels=np.array(batch["labels"]))
+    else:
+        path.write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def write_cifar10(root: Path) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"c{i}" for i in range(10)]  # Python 2 pickles decode as str with latin1
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}, protocol=2))
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 255, (6, 3072), dtype=np.uint8), "labels": list(range(6))}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return root

@@ -1,0 +1,107 @@
+"""Each data source reads its on-disk format; subsets; transforms; safe unpickling."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from condnet.config import from_dict
+from condnet.data import sources
+from condnet.data.datasets import load_splits, make_datasets, subset
+from condnet.errors import CondnetError
+from tests.helpers import write_cifar10, write_idx, write_imagefolder, write_imagenet64
+
+
+def data_cfg(**data):
+    return from_dict({"data": data}).data
+
+
+def test_imagefolder(tmp_path):
+    write_imagefolder(tmp_path)
+    train, val = load_splits(data_cfg(source="imagefolder", root=str(tmp_path)), 0)
+    assert train.class_names == ["cat", "dog", "fish"] and len(train) == 12 and len(val) == 12
+    train_set, val_set = make_datasets(data_cfg(resize=64, crop=56), train, val)
+    image, label = val_set[5]
+    assert image.shape == (3, 56, 56) and image.dtype == torch.float32 and label == 1
+    assert train_set[0][0].shape == (3, 56, 56)
+
+
+@pytest.mark.parametrize("npz", [False, True])
+def test_imagenet64_subset_reindexed(tmp_path, npz):
+    root = write_imagenet64(tmp_path / "in64", npz=npz)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("# chosen classes\n5 five\n\n2\n")
+    train, val = load_splits(data_cfg(source="imagenet64", root=str(root), classes=str(classes)), 0)
+    assert train.class_names == ["five", "class 2"]
+    assert sorted(train.labels.tolist()) == [0, 0, 1, 1] and sorted(val.labels.tolist()) == [0, 1]
+    assert train.images.shape[1:] == (64, 64, 3)
+    # The red channel carries the original 1-based label: re-indexing kept images and labels paired.
+    original = {0: 5, 1: 2}
+    assert all(img[0, 0, 0] == original[lab] for img, lab in zip(train.images, train.labels))
+
+
+def test_imagenet64_refuses_code_in_pickles(tmp_path):
+    root = tmp_path / "in64"
+    root.mkdir()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (root / "train_data_batch_1").write_bytes(pickle.dumps({"data": Payload(), "labels": [1]}))
+    (tmp_path / "c.txt").write_text("1\n")
+    with pytest.raises(CondnetError, match="refused"):
+        load_splits(data_cfg(source="imagenet64", root=str(root), classes=str(tmp_path / "c.txt")), 0)
+    assert not marker.exists()
+
+
+def test_class_list_errors(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("3\nfoo\n")
+    with pytest.raises(CondnetError, match="c.txt:2: expected a 1-based class label"):
+        sources.read_class_list(path)
+    root = write_imagenet64(tmp_path / "in64")
+    path.write_text("1\n42\n")
+    with pytest.raises(CondnetError, match="class 42 has no training images"):
+        sources.read_imagenet64(root, path)
+
+
+def test_cifar10(tmp_path):
+    write_cifar10(tmp_path)
+    train, val = load_splits(data_cfg(source="cifar10", root=str(tmp_path)), 0)
+    assert len(train) == 30 and len(val) == 6 and train.class_names[3] == "c3"
+    assert train.images.shape[1:] == (32, 32, 3)
+
+
+def test_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    train, val = load_splits(data_cfg(source="fashion-mnist", root=str(tmp_path)), 0)
+    assert train.images.shape == (20, 28, 28, 1) and len(val) == 10
+    image, _ = make_datasets(data_cfg(resize=28, crop=28, mean=[0.5] * 3, std=[0.5] * 3), train, val)[1][0]
+    assert image.shape == (3, 28, 28) and torch.equal(image[0], image[1])  # gray -> 3 channels
+
+
+def test_real_fashion_mnist():
+    train, val = load_splits(data_cfg(source="fashion-mnist"), 0)
+    assert len(train) == 60000 and len(val) == 10000
+    assert train.class_names[9] == "Ankle boot" and np.bincount(val.labels).tolist() == [1000] * 10
+
+
+def test_subset_is_class_balanced_and_seeded():
+    train, _ = sources.make_synthetic(400, 4, 8, seed=0)
+    part = subset(train, 40, seed=3)
+    assert np.bincount(part.labels).tolist() == [10, 10, 10, 10]
+    assert np.array_equal(part.labels, subset(train, 40, seed=3).labels)
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(CondnetError, match="training folder not found"):
+        load_splits(data_cfg(source="imagefolder", root=str(tmp_path)), 0)
+    with pytest.raises(CondnetError, match="not found; install Debian's dataset-fashion-mnist"):
+        load_splits(data_cfg(source="fashion-mnist", root=str(tmp_path)), 0)

@@ -1,0 +1,134 @@
+"""Training engine: schedule, config validation, learning, resume, evaluate, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from condnet.cli import main
+from condnet.config import TrainConfig, load_config
+from condnet.engine.checkpoint import load_checkpoint
+from condnet.engine.schedule import lr_at
+from condnet.engine.trainer import evaluate_checkpoint, resume_config, train
+from condnet.errors import CondnetError
+from tests.helpers import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_paper_learning_rate_schedule():
+    cfg = TrainConfig()
+    cosine = lambda e: 0.0002 + 0.5 * (0.2 - 0.0002) * (1 + torch.cos(torch.tensor(torch.pi * (e - 5) / 49)).item())  # noqa: E731
+    expected = {0: 0.002, 1: 0.002 + 0.198 / 5, 4: 0.002 + 0.198 * 4 / 5, 5: 0.2, 30: cosine(30), 54: 0.0002}
+    for epoch, lr in expected.items():
+        assert lr_at(epoch, cfg) == pytest.approx(lr, rel=1e-6), epoch
+
+
+def test_paper_configs_are_the_spec_recipe():
+    for kind in ("standard", "se", "condconv"):
+        cfg = load_config(ROOT / "configs" / f"paper-{kind}.yaml")
+        assert cfg.model.name == f"paper-{kind}"
+        t = cfg.train
+        assert (t.epochs, t.batch_size, t.momentum, t.nesterov, t.weight_decay) == (55, 256, 0.9, True, 5e-5)
+        assert (t.lr_start, t.lr_peak, t.lr_final, t.warmup_epochs) == (0.002, 0.2, 0.0002, 5)
+        d = cfg.data
+        assert (d.crop, d.resize, d.scale, d.hflip) == (56, 64, [0.08, 1.0], 0.5)
+        assert d.ratio == pytest.approx([3 / 4, 4 / 3]) and d.std == [0.229, 0.224, 0.225]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train.lr": 0.1}, "unknown key 'train.lr'; allowed: train.epochs"),
+        ({"train.epochs": 0}, r"train.epochs: expected an integer \(>= 1\), got 0"),
+        ({"train.lr_peak": -0.1}, r"train.lr_peak: expected a number \(> 0.0\)"),
+        ({"train.batch_size": "big"}, "train.batch_size: expected an integer"),
+        ({"data.crop": 80}, r"data.crop: must be at most data.resize \(64\)"),
+        ({"data.source": "mnist"}, "data.source: expected one of imagefolder"),
+        ({"model.overrides.num_experts": 0}, r"model: stages\[0\].num_experts: expected an integer >= 1"),
+        ({"model.name": "resnet"}, "model: unknown model 'resnet'"),
+        ({"run.deterministic": "yes"}, "run.deterministic: expected true or false"),
+    ],
+)
+def test_bad_config_names_the_key(overrides, message):
+    with pytest.raises(CondnetError, match=message):
+        load_config(None, overrides)
+
+
+def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--set", "train.batch_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.batch_size" in err and not out.exists()
+
+
+def test_learns_a_small_real_subset(tmp_path):
+    cfg = tiny_config(**{
+        "data.source": "fashion-mnist", "data.train_subset": 1024, "data.val_subset": 500,
+        "data.resize": 28, "data.crop": 24, "data.scale": [0.6, 1.0], "data.hflip": 0.5,
+        "train.epochs": 3, "train.lr_peak": 0.2, "run.threads": 0,
+    })  # fmt: skip
+    metrics = train(cfg, tmp_path, progress=False)
+    assert metrics[-1]["val_top1"] > 50  # chance is 10 %
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert set(rows[0]) >= {"epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5",
+                            "epoch_seconds", "images_per_second"}  # fmt: skip
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("epoch,lr,train_loss")
+    assert load_config(tmp_path / "config.yaml").data.train_subset == 1024
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])
+def test_resume_is_bit_identical(tmp_path, stop_after):
+    train(tiny_config(), tmp_path / "full", progress=False)
+    train(tiny_config(), tmp_path / "part", progress=False, stop_after=stop_after)
+    train(resume_config(tmp_path / "part"), tmp_path / "part", resume=True, progress=False)
+    full, part = weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "part" / "last.pt")
+    assert all(torch.equal(full[k], part[k]) for k in full)
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
+
+
+def test_checkpoint_contents_and_evaluate_matches_log(tmp_path, capsys):
+    metrics = train(tiny_config(), tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert {"model", "optimizer", "epoch", "rng", "config", "class_names", "metrics", "versions"} <= set(state)
+    assert state["epoch"] == 2 and len(state["metrics"]) == 3
+    best = max(range(3), key=lambda e: metrics[e]["val_top1"])
+    for name, epoch in (("last.pt", 2), ("best.pt", best)):
+        result = evaluate_checkpoint(tmp_path / name)
+        assert result["epoch"] == epoch
+        assert result["top1"] == pytest.approx(metrics[epoch]["val_top1"])
+        assert result["loss"] == pytest.approx(metrics[epoch]["val_loss"], rel=1e-5)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "last.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top5"] == pytest.approx(metrics[2]["val_top5"])
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    train(tiny_config(**{"train.epochs": 1}), tmp_path, progress=False)
+    with pytest.raises(CondnetError, match="already holds a run"):
+        train(tiny_config(**{"train.epochs": 1}), tmp_path, progress=False)
+
+
+def test_two_process_gloo_ddp(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 2, "run.threads": 1})
+    cfg.save(tmp_path / "cfg.yaml")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29561",
+           "-m", "condnet.cli", "train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # rank 0 alone writes
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix == ".pt") == ["best.pt", "last.pt"]
+    # Evaluation covered every validation image exactly once across the two ranks.
+    assert evaluate_checkpoint(tmp_path / "run" / "last.pt")["top1"] == pytest.approx(json.loads(lines[-1])["val_top1"])
