@@ -105,3 +105,25 @@ def test_missing_data_is_a_clear_error(tmp_path):
         load_splits(data_cfg(source="imagefolder", root=str(tmp_path)), 0)
     with pytest.raises(CondnetError, match="not found; install Debian's dataset-fashion-mnist"):
         load_splits(data_cfg(source="fashion-mnist", root=str(tmp_path)), 0)
+
+
+def test_prepare_imagenet(tmp_path, capsys):
+    from PIL import Image
+
+    from condnet.cli import main
+
+    src = write_imagefolder(tmp_path / "full", classes=("n01", "n02", "n03"), per_class=2)
+    (src / "train" / "n01" / "broken.JPEG").write_bytes(b"not a jpeg")
+    (tmp_path / "classes.txt").write_text("# two of three\nn03\nn01\n")
+    args = ["data", "prepare-imagenet", str(src), str(tmp_path / "small"), "--classes",
+            str(tmp_path / "classes.txt"), "--workers", "2"]  # fmt: skip
+    assert main(args) == 1  # one unreadable source file
+    out = capsys.readouterr()
+    assert "written 8, already there 0, failed 1" in out.out and out.err.count("broken.JPEG") == 1
+    written = sorted((tmp_path / "small").rglob("*.png"))
+    assert len(written) == 8 and not (tmp_path / "small" / "train" / "n02").exists()
+    assert all(min(Image.open(p).size) == 64 for p in written)
+    assert main(args) == 1
+    assert "written 0, already there 8" in capsys.readouterr().out
+    train, _ = load_splits(data_cfg(source="imagefolder", root=str(tmp_path / "small")), 0)
+    assert train.class_names == ["n01", "n03"]

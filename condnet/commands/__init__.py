@@ -6,4 +6,5 @@ COMMANDS = [
     "profile",
     "train",
     "evaluate",
+    "data",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MAX_PIXELS = 64_000_000  # larger declared sizes are refused as decompression bombs
@@ -32,6 +32,8 @@ def load_rgb(path: str | Path) -> Image.Image:
                 return _to_rgb(img)
     except BadImage:
         raise
+    except UnidentifiedImageError:
+        raise BadImage(f"{path}: not an image in a format this decoder knows") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise BadImage(f"{path}: refused as a decompression bomb ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:
