@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import condnet
 from condnet.errors import CondnetError
-from condnet.models.condconv import CondConv2d
+from condnet.models.condconv import FORMULATIONS, CondConv2d, set_formulation
 
 
 def naive(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -16,13 +17,17 @@ def naive(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs)
 
 
+@pytest.mark.parametrize("formulation", FORMULATIONS)
 @pytest.mark.parametrize("depthwise", [False, True])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("batch", [1, 5])
 @pytest.mark.parametrize("kernel_size", [1, 3])
-def test_matches_per_example_loop(depthwise, stride, batch, kernel_size):
+def test_matches_per_example_loop(depthwise, stride, batch, kernel_size, formulation):
     cin, cout = (12, 12) if depthwise else (6, 10)
-    layer = CondConv2d(cin, cout, kernel_size, stride, groups=cin if depthwise else 1, num_experts=3)
+    layer = CondConv2d(
+        cin, cout, kernel_size, stride, groups=cin if depthwise else 1, num_experts=3,
+        formulation=formulation,
+    )  # fmt: skip
     x = torch.randn(batch, cin, 9, 9, requires_grad=True)
     r = torch.rand(batch, 3, requires_grad=True)
     out = layer(x, r)
@@ -36,10 +41,50 @@ def test_matches_per_example_loop(depthwise, stride, batch, kernel_size):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
-def test_grouped_not_depthwise_and_own_routing():
-    layer = CondConv2d(8, 12, 3, 1, groups=4, num_experts=2, own_routing=True)
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_grouped_not_depthwise_and_own_routing(formulation, kernel_size):
+    layer = CondConv2d(8, 12, kernel_size, 1, groups=4, num_experts=2, own_routing=True)
+    layer.formulation = formulation
     x = torch.randn(3, 8, 7, 7)
     torch.testing.assert_close(layer(x), naive(layer, x, layer.router(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+def test_bias_is_added_after_mixing(formulation):
+    layer = CondConv2d(6, 8, 3, 2, num_experts=3, bias=True, formulation=formulation)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x, r = torch.randn(4, 6, 9, 9), torch.rand(4, 3)
+    want = naive(layer, x, r) + layer.bias[:, None, None]
+    torch.testing.assert_close(layer(x, r), want, rtol=1e-5, atol=1e-5)
+    assert CondConv2d(6, 8, 3).bias is None and "bias" not in CondConv2d(6, 8, 3).state_dict()
+
+
+def test_formulations_agree_on_a_whole_network_with_gradients():
+    model = condnet.build_model("paper-condconv", widths=8, repeats=1, head_channels=32).train()
+    x = torch.randn(3, 3, 24, 24)
+    results = []
+    for formulation in FORMULATIONS:
+        set_formulation(model, formulation)
+        model.zero_grad()
+        out = model(x)
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (out_a, grads_a), (out_b, grads_b) = results
+    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_a, grads_b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_batched_formulation_has_no_batch_dependent_groups(monkeypatch):
+    layer = CondConv2d(6, 6, 3, groups=6, num_experts=4, formulation="batched")
+    groups = []
+    real = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *a, **k: groups.append(k["groups"]) or real(*a, **k))
+    for batch in (1, 5):
+        layer(torch.randn(batch, 6, 5, 5), torch.rand(batch, 4))
+    assert set(groups) == {6}  # the plain conv's groups, whatever the batch
 
 
 def test_batch_one_is_one_plain_conv(monkeypatch):
@@ -59,6 +104,8 @@ def test_bad_routing_shape_and_groups():
         layer(torch.randn(2, 4, 5, 5))
     with pytest.raises(CondnetError, match="groups=3 must divide"):
         CondConv2d(4, 4, 3, groups=3)
+    with pytest.raises(CondnetError, match="formulation must be one of grouped, batched"):
+        layer.formulation = "loop"
 
 
 def test_experts_initialised_independently():

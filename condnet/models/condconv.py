@@ -1,9 +1,16 @@
 """Conditionally parameterized convolution (CondConv, Yang et al. 2019).
 
 Each example is convolved with its own kernel ``W = sum_m r_m * W_m``, a routing-weighted sum
-of `num_experts` expert kernels. The mixed kernels are applied in one grouped convolution with
-the batch folded into the channels, so a batch of one costs exactly one plain convolution plus
-the kernel mixing.
+of `num_experts` expert kernels. Two exact formulations compute it (`FORMULATIONS`):
+
+- ``grouped`` (the default): the mixed kernels are applied in one grouped convolution with the
+  batch folded into the channels, so a batch of one costs exactly one plain convolution plus
+  the kernel mixing. Its group count depends on the batch size, so it cannot be exported to
+  ONNX with a dynamic batch axis.
+- ``batched``: a 1x1 conv as one batched matmul of the per-example mixed kernels with the input
+  viewed as (batch, in_channels, pixels); a larger kernel (the depthwise conv) as the mixture of
+  expert outputs ``sum_m r_m * conv(x, W_m)``, exact because convolution is linear and cheap for
+  a depthwise conv. Every shape but the batch is static, so it exports with a dynamic batch axis.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from condnet.errors import CondnetError
+
+FORMULATIONS = ("grouped", "batched")
 
 
 class Routing(nn.Module):
@@ -36,7 +45,9 @@ class CondConv2d(nn.Module):
     `forward(x, routing_weights)` takes routing weights of shape (batch, num_experts) from a
     shared router; with `own_routing=True` the layer computes them from its own input when none
     are given. Kernel size, stride, padding and groups behave as in `nn.Conv2d` (no bias: BN
-    follows every conv here).
+    follows every conv here, and `bias=True` is for BN folded into the layer: a per-output-channel
+    bias added after the mixed convolution). `formulation` picks how the mixed kernels are applied
+    (see `FORMULATIONS`); the results agree within float32 rounding.
     """
 
     def __init__(
@@ -49,6 +60,8 @@ class CondConv2d(nn.Module):
         groups: int = 1,
         num_experts: int = 4,
         own_routing: bool = False,
+        bias: bool = False,
+        formulation: str = "grouped",
     ) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
@@ -67,8 +80,26 @@ class CondConv2d(nn.Module):
         self.num_experts = num_experts
         self.expert_shape = (out_channels, in_channels // groups, kernel_size, kernel_size)
         self.weight = nn.Parameter(torch.empty(num_experts, *self.expert_shape))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_channels))
+        else:
+            self.register_parameter("bias", None)
         self.router = Routing(in_channels, num_experts) if own_routing else None
+        self.formulation = formulation
         self.reset_parameters()
+
+    @property
+    def formulation(self) -> str:
+        """How the mixed kernels are applied: one of `FORMULATIONS`."""
+        return self._formulation
+
+    @formulation.setter
+    def formulation(self, value: str) -> None:
+        if value not in FORMULATIONS:
+            raise CondnetError(
+                f"CondConv2d: formulation must be one of {', '.join(FORMULATIONS)}; got {value!r}"
+            )
+        self._formulation = value
 
     def reset_parameters(self) -> None:
         """Initialise every expert independently, as `nn.Conv2d` initialises its weight."""
@@ -86,12 +117,20 @@ class CondConv2d(nn.Module):
             if self.router is None:
                 raise CondnetError("CondConv2d without own routing needs routing_weights")
             routing_weights = self.router(x)
-        batch, channels, height, width = x.shape
-        if routing_weights.shape != (batch, self.num_experts):
+        expected = (x.shape[0], self.num_experts)
+        if not torch.jit.is_tracing() and routing_weights.shape != expected:
             raise CondnetError(
-                f"CondConv2d: routing_weights must have shape ({batch}, {self.num_experts}), "
+                f"CondConv2d: routing_weights must have shape {expected}, "
                 f"got {tuple(routing_weights.shape)}"
             )
+        if self.formulation == "grouped":
+            out = self._forward_grouped(x, routing_weights)
+        else:
+            out = self._forward_batched(x, routing_weights)
+        return out if self.bias is None else out + self.bias[:, None, None]
+
+    def _forward_grouped(self, x: Tensor, routing_weights: Tensor) -> Tensor:
+        batch, channels, height, width = x.shape
         out = F.conv2d(
             x.reshape(1, batch * channels, height, width),
             self.mixed_weight(routing_weights),
@@ -102,9 +141,39 @@ class CondConv2d(nn.Module):
         )
         return out.reshape(batch, self.out_channels, out.shape[-2], out.shape[-1])
 
+    def _forward_batched(self, x: Tensor, routing_weights: Tensor) -> Tensor:
+        if self.kernel_size != (1, 1):
+            return self._forward_mixture(x, routing_weights)
+        # A 1x1 conv is a matmul per example and group: (out, in) kernel times (in, pixels).
+        x = x[:, :, :: self.stride[0], :: self.stride[1]]
+        out_h, out_w, groups = x.shape[2], x.shape[3], self.groups
+        weight = (routing_weights @ self.weight.reshape(self.num_experts, -1)).reshape(
+            -1, groups, self.out_channels // groups, self.in_channels // groups
+        )
+        out = weight @ x.reshape(-1, groups, self.in_channels // groups, out_h * out_w)
+        return out.reshape(-1, self.out_channels, out_h, out_w)
+
+    def _forward_mixture(self, x: Tensor, routing_weights: Tensor) -> Tensor:
+        """``sum_m r_m * conv(x, W_m)``: equal to the mixed kernel's conv because conv is linear."""
+        out = None
+        for m in range(self.num_experts):
+            term = F.conv2d(x, self.weight[m], None, self.stride, self.padding, groups=self.groups)
+            term = term * routing_weights[:, m, None, None, None]
+            out = term if out is None else out + term
+        return out
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, groups={self.groups}, "
-            f"num_experts={self.num_experts}"
+            f"num_experts={self.num_experts}, bias={self.bias is not None}, "
+            f"formulation={self.formulation}"
         )
+
+
+def set_formulation(module: nn.Module, formulation: str) -> nn.Module:
+    """Switch every `CondConv2d` inside `module` to `formulation`, in place; returns `module`."""
+    for layer in module.modules():
+        if isinstance(layer, CondConv2d):
+            layer.formulation = formulation
+    return module
