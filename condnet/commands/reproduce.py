@@ -1,0 +1,34 @@
+"""`condnet reproduce` and `condnet report`: Table 3, Figure 5 and Table 4 for all blocks."""
+
+import argparse
+
+from condnet.commands.common import parse_assignments
+from condnet.report.build import build_report, table3_text
+from condnet.reproduce import reproduce
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="train the three blocks, then write the report")
+    p.add_argument("--config", required=True, help="YAML config shared by the three runs")
+    p.add_argument("--out", required=True, help="output folder: OUT/<model>/ and OUT/report.md")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="dotted override for all three runs")
+    p.set_defaults(run=run_reproduce)
+    p = sub.add_parser("report", help="(re)build OUT/report.md from finished runs")
+    p.add_argument("out", help="the folder given to reproduce --out")
+    p.set_defaults(run=run_report)
+
+
+def _print(path, rows) -> None:
+    print(table3_text(rows))
+    print(f"report: {path}")
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    _print(*reproduce(args.config, args.out, parse_assignments(args.set)))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    _print(*build_report(args.out))
+    return 0

@@ -1,0 +1,144 @@
+"""`report.md` with Table 3, Figure 5, Table 4 per block and what produced them."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from condnet.complexity import KIND_TITLES, profile
+from condnet.report.plots import plot_curves
+from condnet.report.runs import Run, find_runs
+
+MODELS = ["paper-standard", "paper-se", "paper-condconv"]
+
+
+def duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def _macs(run: Run) -> int:
+    return profile(run.model, run.config.data.crop).full_total()["macs"]
+
+
+def table3(runs: list[Run]) -> list[dict[str, Any]]:
+    return [run.summary() | {"macs": _macs(run), "crop": run.config.data.crop} for run in runs]
+
+
+def table3_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| block | epochs | training time | images/s | best top-1 (epoch) | best top-5 | final top-1 "
+        "| final top-5 | parameters | MACs / image | paper: time | paper: top-1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        paper = r["paper"]
+        paper_cells = (f"{paper['hours']:g} h", f"{paper['top1']:.2f}") if paper else ("not reported",) * 2
+        lines.append(
+            f"| {r['model']} | {r['epochs']} | {duration(r['train_seconds'])} | {r['images_per_second']:.0f} "
+            f"| {r['best_top1']:.2f} ({r['best_epoch'] + 1}) | {r['best_top5']:.2f} | {r['final_top1']:.2f} "
+            f"| {r['final_top5']:.2f} | {r['params']:,} | {r['macs']:,} | {paper_cells[0]} | {paper_cells[1]} |"
+        )
+    return "\n".join(lines)
+
+
+def table3_text(rows: list[dict[str, Any]]) -> str:
+    """The summary printed at the end of `condnet reproduce` (and `make demo`)."""
+    head = f"{'block':<16}{'time':>14}{'img/s':>8}{'best top-1':>12}{'final top-1':>13}{'final top-5':>13}"
+    lines = ["Table 3 (this run)", head]
+    for r in rows:
+        lines.append(f"{r['model']:<16}{duration(r['train_seconds']):>14}{r['images_per_second']:>8.0f}"
+                     f"{r['best_top1']:>12.2f}{r['final_top1']:>13.2f}{r['final_top5']:>13.2f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def table4_markdown(run: Run) -> str:
+    prof = profile(run.model, run.config.data.crop, run.name).to_dict()
+    c, h, w = prof["input_size"]
+    lines = [f"### {run.name} (input {c}x{h}x{w}, {run.model.num_classes} classes)", "",
+             "| operation | repeat | MACs | filter coefficients |", "|---|---:|---:|---:|"]  # fmt: skip
+    for row in prof["rows"]:
+        note = "" if row["in_paper_total"] else " (not in paper total)"
+        lines.append(f"| {row['name']}{note} | {row['repeat']} | {row['macs']:,} | {row['coefficients']:,} |")
+    total = prof["paper_total"]
+    lines += [f"| **paper total** | | **{total['macs']:,}** | **{total['coefficients']:,}** |", "",
+              "| complete account | MACs | parameters |", "|---|---:|---:|"]  # fmt: skip
+    for kind, t in prof["by_kind"].items():
+        if t["macs"] or t["params"]:
+            lines.append(f"| {KIND_TITLES[kind]} | {t['macs']:,} | {t['params']:,} |")
+    full = prof["full_total"]
+    lines.append(f"| **total** | **{full['macs']:,}** | **{full['params']:,}** |")
+    return "\n".join(lines + [""] + [f"- {note}" for note in prof["notes"]])
+
+
+def _git_commit() -> str:
+    try:
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown (not a git checkout)"
+
+
+def _device() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {torch.get_num_threads()} threads"
+
+
+def provenance(runs: list[Run]) -> str:
+    first = runs[0]
+    config = first.config.to_dict()
+    config["model"]["name"] = "<per block: " + ", ".join(r.name for r in runs) + ">"
+    lines = [
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- device (report): {_device()}",
+        f"- versions (training): condnet {first.versions.get('condnet', '?')}, torch {first.versions.get('torch', '?')}",
+        f"- git commit: {_git_commit()}",
+        f"- seed: {first.config.run.seed}",
+        "", "Configuration (the same for every block):", "", "```yaml",
+        yaml.safe_dump(config, sort_keys=False).strip(), "```",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def build_report(root: str | Path, names: list[str] = MODELS) -> tuple[Path, list[dict[str, Any]]]:
+    """Write `root/report.md` and `root/figure5.png` from the runs in `root/<name>`."""
+    root = Path(root)
+    runs = find_runs(root, names)
+    plot_curves(runs, root / "figure5.png")
+    rows = table3(runs)
+    unfinished = [r.name for r in runs if not r.finished]
+    parts = [
+        "# condnet reproduction report", "",
+        f"Runs in `{root}`: {', '.join(r.name for r in runs)}."
+        + (f" Unfinished: {', '.join(unfinished)}." if unfinished else ""), "",
+        "## Table 3: training time and accuracy", "", table3_markdown(rows), "",
+        "Training time is the sum of the epochs' wall-clock time (training and per-epoch "
+        "evaluation); images/s is the training throughput averaged over epochs. Paper figures "
+        "(SPEC section 5) are for ImageNet-100 at 56x56 on one GPU; the paper did not report the "
+        "SE + CondConv block.", "",
+        "## Figure 5: per-epoch accuracy and loss", "", "![Figure 5](figure5.png)", "",
+        "## Table 4: complexity per block", "",
+        "Counted from the trained networks with forward hooks at the training crop size.", "",
+        *[table4_markdown(run) + "\n" for run in runs],
+        "## What produced this report", "", provenance(runs), "",
+    ]  # fmt: skip
+    path = root / "report.md"
+    path.write_text("\n".join(parts))
+    return path, rows
