@@ -12,6 +12,7 @@ import sys
 from typing import Sequence
 
 from condnet.commands import COMMANDS
+from condnet.engine.signals import Interrupted
 from condnet.errors import CondnetError
 
 
@@ -38,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Interrupted as err:  # training saved its state and said how to resume
+        return 128 + err.signum
     except KeyboardInterrupt:
         print(f"condnet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -19,7 +19,11 @@ from condnet.errors import CondnetError
 
 
 class SplitDataset(Dataset):
-    """(transformed image, label) pairs; an unreadable file yields None (or raises, on request)."""
+    """(transformed image, label) pairs; an unreadable file yields its error message instead.
+
+    With `on_bad_image="skip"` the message is also printed as one warning line; the training
+    loop counts skipped files, or stops with the message when `on_bad_image="error"`.
+    """
 
     def __init__(self, split: Split, transform: Callable, on_bad_image: str = "skip") -> None:
         self.split, self.transform, self.on_bad_image = split, transform, on_bad_image
@@ -36,21 +40,21 @@ class SplitDataset(Dataset):
             try:
                 image = load_rgb(images[index])
             except BadImage as err:
-                if self.on_bad_image == "error":
-                    raise CondnetError(str(err)) from None
-                print(f"warning: skipped {err}", file=sys.stderr)
-                return None
+                if self.on_bad_image == "skip":
+                    print(f"warning: skipped {err}", file=sys.stderr)
+                return str(err)
         return self.transform(image), int(self.split.labels[index])
 
 
-def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack the readable samples; the third item counts the skipped ones."""
-    good = [b for b in batch if b is not None]
+def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack the readable samples; the third item lists the unreadable ones' messages."""
+    good = [b for b in batch if not isinstance(b, str)]
+    bad = [b for b in batch if isinstance(b, str)]
     if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), len(batch)
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
     images = torch.stack([b[0] for b in good])
     labels = torch.tensor([b[1] for b in good], dtype=torch.long)
-    return images, labels, len(batch) - len(good)
+    return images, labels, bad
 
 
 def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split]:

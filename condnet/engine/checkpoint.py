@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -63,10 +64,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if "Unsupported global" in ln]
-        reason = lines[0].split(" was not")[0] if lines else "unsafe content"
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if not found:
+            raise CondnetError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
         raise CondnetError(
-            f"{path}: refused to load: it holds objects other than tensors and plain data ({reason[:200]})"
+            f"{path}: refused to load: it holds objects other than tensors and plain data "
+            f"(it names {found.group(1)})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CondnetError(f"{path}: not a readable checkpoint (truncated or another format): {_first_line(err)}") from None

@@ -29,6 +29,7 @@ from condnet.engine.runtime import (
     set_rng_state,
 )
 from condnet.engine.schedule import lr_at
+from condnet.engine.signals import Interrupted, StopSignals
 from condnet.errors import CondnetError
 from condnet.models import CondNet, build_model
 
@@ -39,7 +40,7 @@ def _progress(iterable, total: int, desc: str, enabled: bool) -> Any:
 
 def train_one_epoch(
     model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, rt: Runtime,
-    label_smoothing: float, desc: str, progress: bool,
+    cfg: Config, desc: str, progress: bool, stop: StopSignals,
 ) -> tuple[float, int, int]:  # fmt: skip
     """One pass over `loader`. Returns (mean loss, images seen, images skipped)."""
     model.train()
@@ -47,12 +48,13 @@ def train_one_epoch(
     seen = skipped = 0
     bar = _progress(loader, len(loader), desc, progress)
     for step, (images, labels, bad) in enumerate(bar):
-        skipped += bad
+        stop.check()
+        skipped += _bad_images(bad, cfg)
         if labels.numel() == 0:
             continue
         images, labels = rt.to_device(images, labels)
         with rt.autocast():
-            loss = F.cross_entropy(model(images), labels, label_smoothing=label_smoothing)
+            loss = F.cross_entropy(model(images), labels, label_smoothing=cfg.train.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -65,6 +67,13 @@ def train_one_epoch(
                                                  torch.tensor(float(skipped), device=rt.device)]), rt.dist)  # fmt: skip
     loss_total, seen_total, skipped_total = totals.tolist()
     return loss_total / max(seen_total, 1), int(seen_total), int(skipped_total)
+
+
+def _bad_images(messages: list[str], cfg: Config) -> int:
+    """Count unreadable images; with data.on_bad_image=error, stop at the first."""
+    if messages and cfg.data.on_bad_image == "error":
+        raise CondnetError(f"{messages[0]} (data.on_bad_image=error)")
+    return len(messages)
 
 
 @torch.no_grad()
@@ -132,8 +141,12 @@ def _checkpoint_state(model: CondNet, optimizer, cfg: Config, class_names, epoch
 
 def _restore(out: Path, model: CondNet, optimizer) -> tuple[int, list, float]:
     state = load_checkpoint(out / "last.pt")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CondnetError(f"{out / 'last.pt'}: does not fit this run's network "
+                           f"({str(err).strip().splitlines()[0][:160]})") from None  # fmt: skip
     set_rng_state(state["rng"])
     return state["epoch"] + 1, state["metrics"], state["best_top1"]
 
@@ -158,6 +171,7 @@ def train(
     """Train per `cfg`, writing metrics and checkpoints to `out`; returns the metrics records.
 
     `stop_after` ends the run after that many epochs in all (resumable, schedule unchanged).
+    SIGINT or SIGTERM stops it after the current step with `last.pt` resumable.
     """
     out = Path(out)
     rt = make_runtime(cfg.run)
@@ -171,32 +185,36 @@ def train(
     torch.manual_seed(cfg.run.seed)  # the initial weights
     model = build_network(cfg, len(train_split.class_names))
     optimizer = make_optimizer(model, cfg)
-    start, metrics, best = 0, [], -math.inf
-    if resume:
-        start, metrics, best = _restore(out, model, optimizer)
+    start, metrics, best = _restore(out, model, optimizer) if resume else (0, [], -math.inf)
     place_model(model, rt)
     _optimizer_to(optimizer, rt.device)
     net = _wrap(model, cfg, rt)
+    save = _saver(out, model, optimizer, cfg, train_split.class_names, rt)
     if rt.dist.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
         truncate_metrics(out, start)
+    if not resume:
+        save(-1, metrics, best, best=False)  # resumable from the very start
     log = MetricsLog(out) if rt.dist.main else None
     val_loader = eval_loader(cfg, val_set, rt)
+    end = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
     try:
-        end = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
-        for epoch in range(start, end):
-            record = _run_epoch(net, optimizer, cfg, rt, train_set, val_loader, epoch, progress)
-            metrics.append(record)
-            if rt.dist.main:
-                log.append(record)
-                print(_log_line(record, cfg.train.epochs), flush=True)
-                state = _checkpoint_state(model, optimizer, cfg, train_split.class_names, epoch, metrics, max(best, record["val_top1"]))
-                save_checkpoint(state, out / "last.pt")
-                if record["val_top1"] > best:
-                    save_checkpoint(state, out / "best.pt")
-            best = max(best, record["val_top1"])
-            distributed.barrier(rt.dist)
+        with StopSignals() as stop:
+            for epoch in range(start, end):
+                record = _run_epoch(net, optimizer, cfg, rt, train_set, val_loader, epoch, progress, stop)
+                metrics.append(record)
+                if log is not None:
+                    log.append(record)
+                    print(_log_line(record, cfg.train.epochs), flush=True)
+                save(epoch, metrics, max(best, record["val_top1"]), best=record["val_top1"] > best)
+                best = max(best, record["val_top1"])
+                distributed.barrier(rt.dist)
+    except Interrupted as err:
+        done = load_checkpoint(out / "last.pt")["epoch"] + 1
+        print(f"{err}: stopped; {out / 'last.pt'} holds {done} finished epochs; "
+              f"continue with: condnet train --resume {out}", file=sys.stderr)  # fmt: skip
+        raise
     finally:
         if log is not None:
             log.close()
@@ -204,8 +222,26 @@ def train(
     return metrics
 
 
+def _saver(out: Path, model: CondNet, optimizer, cfg: Config, class_names, rt: Runtime):
+    """save(epoch, metrics, best_top1, best=...): last.pt (and best.pt), on rank 0 only."""
+
+    def save(epoch: int, metrics: list, best_top1: float, best: bool) -> None:
+        if not rt.dist.main:
+            return
+        state = _checkpoint_state(model, optimizer, cfg, class_names, epoch, metrics, best_top1)
+        try:
+            save_checkpoint(state, out / "last.pt")
+            if best:
+                save_checkpoint(state, out / "best.pt")
+        except OSError as err:
+            raise CondnetError(f"cannot write a checkpoint in {out} ({err.strerror or err}); "
+                               "the previous checkpoint is intact") from None  # fmt: skip
+
+    return save
+
+
 def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, epoch: int,
-               progress: bool) -> dict[str, Any]:  # fmt: skip
+               progress: bool, stop: StopSignals) -> dict[str, Any]:  # fmt: skip
     lr = lr_at(epoch, cfg.train)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -213,7 +249,7 @@ def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, 
     loader = _train_loader(cfg, train_set, rt, epoch, generator)
     started = time.perf_counter()
     desc = f"epoch {epoch + 1}/{cfg.train.epochs}"
-    loss, seen, skipped = train_one_epoch(net, loader, optimizer, rt, cfg.train.label_smoothing, desc, progress)
+    loss, seen, skipped = train_one_epoch(net, loader, optimizer, rt, cfg, desc, progress, stop)
     train_seconds = time.perf_counter() - started
     if not math.isfinite(loss):
         raise CondnetError(f"training loss became {loss} in epoch {epoch + 1}; stopped, "

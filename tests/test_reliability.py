@@ -1,0 +1,339 @@
+"""Bad input gets a clear error, faults lose nothing, nothing untrusted runs (issue 8)."""
+
+import errno
+import io
+import json
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from condnet.cli import main
+from condnet.data.images import BadImage, load_rgb
+from condnet.engine import checkpoint as ckpt_module
+from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from condnet.engine.trainer import resume_config, train
+from condnet.errors import CondnetError
+from tests.helpers import tiny_config, write_imagefolder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def png_with_declared_size(path: Path, width: int, height: int) -> None:
+    """A small PNG file whose header claims `width` x `height` pixels (a decompression bomb)."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17]))
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+
+
+def write_odd_images(folder: Path) -> list[Path]:
+    """Valid images in every awkward mode; returns their paths."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    files = {
+        "alpha.png": rgb.convert("RGBA"),
+        "palette.png": rgb.convert("P"),
+        "cmyk.jpg": rgb.convert("CMYK"),
+        "gray.png": rgb.convert("L"),
+        "tiny.png": rgb.resize((10, 10)),
+        "deep.png": Image.fromarray((rng.integers(0, 65535, (30, 40))).astype(np.uint16)),
+        "photo.webp": rgb,
+        "photo.bmp": rgb,
+    }
+    for name, img in files.items():
+        img.save(folder / name)
+    return [folder / n for n in files]
+
+
+def write_bad_images(folder: Path) -> list[Path]:
+    good = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(good, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not an image\n")
+    png_with_declared_size(folder / "bomb.png", 100_000, 100_000)
+    return [folder / n for n in ("truncated.jpg", "empty.jpg", "text.jpg", "bomb.png")]
+
+
+def test_odd_images_decode_to_rgb(tmp_path):
+    for path in write_odd_images(tmp_path):
+        img = load_rgb(path)
+        assert img.mode == "RGB" and min(img.size) >= 10, path.name
+    deep = np.asarray(load_rgb(tmp_path / "deep.png"))
+    assert deep.max() > 128  # 16-bit values scaled to 8 bits, not clipped to white or black
+    assert np.asarray(load_rgb(tmp_path / "alpha.png")).std() > 10
+
+
+def test_bad_images_are_named(tmp_path):
+    for path in write_bad_images(tmp_path):
+        with pytest.raises(BadImage, match=path.name):
+            load_rgb(path)
+
+
+def folder_with_bad_files(tmp_path: Path) -> Path:
+    root = write_imagefolder(tmp_path / "data", per_class=6)
+    write_odd_images(root / "train" / "cat")
+    write_bad_images(root / "train" / "dog")
+    return root
+
+
+def image_config(root: Path, **overrides):
+    return tiny_config(**{"data.source": "imagefolder", "data.root": str(root), "data.resize": 20,
+                          "train.epochs": 1, **overrides})  # fmt: skip
+
+
+def test_training_skips_unreadable_images_with_one_line_each(tmp_path, capfd):
+    root = folder_with_bad_files(tmp_path)
+    metrics = train(image_config(root), tmp_path / "run", progress=False)
+    err = capfd.readouterr().err
+    for name in ("truncated.jpg", "empty.jpg", "text.jpg", "bomb.png"):
+        assert sum(name in line for line in err.splitlines()) == 1, name
+    assert "skipped 4 unreadable images" in err and "Traceback" not in err
+    assert metrics[0]["skipped_images"] == 4
+
+
+def test_on_bad_image_error_stops_with_one_line(tmp_path, capfd):
+    root = folder_with_bad_files(tmp_path)
+    cfg = image_config(root, **{"data.on_bad_image": "error"})
+    cfg.save(tmp_path / "cfg.yaml")
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.on_bad_image=error" in err[0] and "Traceback" not in err[0]
+
+
+# --- data layout and class lists --------------------------------------------------------------
+
+
+def layout_error(tmp_path, capsys, make) -> str:
+    root = write_imagefolder(tmp_path / "data")
+    make(root)
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", f"data.root={root}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+    return err
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda r: (r / "train" / "empty").mkdir(), "empty class folder"),
+        (lambda r: (r / "val" / "zebra").mkdir() or (r / "val" / "cat" / "0.png").rename(r / "val" / "zebra" / "0.png"),
+         "class 'zebra' is not in"),
+        (lambda r: (r / "train" / "stray.jpg").write_bytes(b"x"), "files at the top"),
+        (lambda r: __import__("shutil").rmtree(r / "val"), "validation folder not found"),
+        (lambda r: [p.unlink() for p in (r / "train").rglob("*.*")], "empty class folder"),
+    ],
+)  # fmt: skip
+def test_bad_layout_is_one_line(tmp_path, capsys, make, message):
+    assert message in layout_error(tmp_path, capsys, make)
+
+
+def test_no_images_at_all(tmp_path, capsys):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "val").mkdir()
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", f"data.root={tmp_path / 'data'}"]) == 2
+    assert "no class folders" in capsys.readouterr().err
+
+
+def test_class_list_naming_unknown_classes(tmp_path, capsys):
+    from tests.helpers import write_imagenet64
+
+    root = write_imagenet64(tmp_path / "in64")
+    (tmp_path / "c.txt").write_text("2\n999\n")
+    args = ["train", "--out", str(tmp_path / "run"), "--set", "data.source=imagenet64",
+            f"data.root={root}", f"data.classes={tmp_path / 'c.txt'}"]  # fmt: skip
+    assert main(args) == 2
+    assert "class 999 has no training images" in capsys.readouterr().err
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "setting, key",
+    [
+        ("train.nonsense=1", "train.nonsense"),
+        ("train.epochs=three", "train.epochs"),
+        ("train.lr_peak=-0.5", "train.lr_peak"),
+        ("train.epochs=0", "train.epochs"),
+        ("model.overrides.num_experts=0", "num_experts"),
+        ("data.crop=99", "data.crop"),
+        ("train.batch_size=0", "train.batch_size"),
+    ],
+)
+def test_bad_settings_exit_2_and_write_nothing(tmp_path, capsys, setting, key):
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and key in err and not (tmp_path / "run").exists()
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def small_run(tmp_path: Path, **overrides) -> Path:
+    train(tiny_config(**{"train.epochs": 1, **overrides}), tmp_path / "run", progress=False)
+    return tmp_path / "run"
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path, capsys):
+    run = small_run(tmp_path)
+    data = (run / "last.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "other.pt").write_text("weights? no, a text file\n")
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
+    for name, message in (("truncated.pt", "not a readable checkpoint"), ("other.pt", "not a readable checkpoint"),
+                          ("foreign.pt", "not a condnet checkpoint"), ("missing.pt", "not found")):  # fmt: skip
+        assert main(["evaluate", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, name
+
+
+def test_checkpoint_for_another_network_or_class_count(tmp_path, capsys):
+    run = small_run(tmp_path)
+    assert main(["train", "--resume", str(run), "--set", "model.name=paper-se", "train.epochs=2"]) == 2
+    assert "does not fit this run's network" in capsys.readouterr().err
+    assert main(["evaluate", str(run / "last.pt"), "--set", "data.synthetic_classes=7"]) == 2
+    assert "the data has 7 classes, the checkpoint 4" in capsys.readouterr().err
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": Payload(), "model_spec": {}, "class_names": []}, tmp_path / "evil.pt")
+    assert main(["evaluate", str(tmp_path / "evil.pt")]) == 2
+    assert "refused to load" in capsys.readouterr().err
+    with pytest.raises(CondnetError, match="refused"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CondnetError):
+        load_checkpoint(tmp_path / "plain.pkl")
+    assert not marker.exists()
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}, "model_spec": {}, "class_names": []}, path)
+
+    def full_disk(obj, f):
+        f.write(b"partial data")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_module.torch, "save", full_disk)
+    with pytest.raises(OSError):
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "model_spec": {}, "class_names": []}, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_full_disk_during_training_is_one_clear_error(tmp_path, monkeypatch):
+    run = small_run(tmp_path, **{"train.epochs": 2})
+    before = load_checkpoint(run / "last.pt")["epoch"]
+    monkeypatch.setattr(ckpt_module.torch, "save", lambda obj, f: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    cfg = resume_config(run, {"train.epochs": 3})
+    with pytest.raises(CondnetError, match="No space left on device.*previous checkpoint is intact"):
+        train(cfg, run, resume=True, progress=False)
+    monkeypatch.undo()
+    assert load_checkpoint(run / "last.pt")["epoch"] == before
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(**{"train.lr_start": 1e30, "train.lr_peak": 1e30, "train.epochs": 2})
+    with pytest.raises(CondnetError, match="training loss became (nan|inf)"):
+        train(cfg, tmp_path / "run", progress=False)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == -1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+SAVE_LOOP = """
+import sys, torch
+from condnet.engine.checkpoint import save_checkpoint
+i = 0
+while True:
+    save_checkpoint({"model": {"w": torch.full((400_000,), float(i))}, "model_spec": {}, "class_names": [str(i)]}, sys.argv[1])
+    i += 1
+    print(i, flush=True)
+"""
+
+
+def test_kill_9_during_saves_never_leaves_an_unreadable_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    for delay in (0.3, 0.45, 0.6):
+        proc = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(path)], stdout=subprocess.PIPE)
+        proc.stdout.readline()  # at least one save finished
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        state = load_checkpoint(path)
+        assert torch.equal(state["model"]["w"], torch.full((400_000,), float(state["class_names"][0])))
+
+
+def run_cli(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "condnet.cli", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for_epochs(run: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"run did not reach {count} epochs")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    cfg = tiny_config(**{"train.epochs": 4, "data.synthetic_images": 320})
+    cfg.save(folder / "cfg.yaml")
+    train(cfg, folder / "full", progress=False)
+    return folder
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_interrupted_run_resumes_bit_identical(tmp_path, uninterrupted, how):
+    run = tmp_path / "run"
+    proc = run_cli(["train", "--config", str(uninterrupted / "cfg.yaml"), "--out", str(run)])
+    wait_for_epochs(run, 1, proc)
+    time.sleep(0.3)  # somewhere inside the next epoch
+    proc.send_signal(getattr(signal, how))
+    _, err = proc.communicate(timeout=60)
+    if how == "SIGKILL":
+        assert proc.returncode == -9
+    else:
+        assert proc.returncode == 128 + getattr(signal, how), err
+        assert "continue with: condnet train --resume" in err and "Traceback" not in err
+    assert load_checkpoint(run / "last.pt")["epoch"] >= 0
+    proc = run_cli(["train", "--resume", str(run)])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    full, resumed = load_checkpoint(uninterrupted / "full" / "last.pt"), load_checkpoint(run / "last.pt")
+    assert all(torch.equal(full["model"][k], resumed["model"][k]) for k in full["model"])
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
