@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from condnet.errors import CondnetError
+from condnet.fuse import fuse
 from condnet.models import CondNet, NetSpec, build_model, get_spec, list_models
 
 try:
@@ -10,4 +11,24 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["CondNet", "CondnetError", "NetSpec", "__version__", "build_model", "get_spec", "list_models"]
+__all__ = [
+    "CondNet",
+    "CondnetError",
+    "NetSpec",
+    "__version__",
+    "build_model",
+    "fuse",
+    "get_spec",
+    "list_models",
+    "load_pretrained",
+]
+
+
+def __getattr__(name: str):
+    # Imported on first use: it brings in torchvision and safetensors, which `import condnet`
+    # alone does not need.
+    if name == "load_pretrained":
+        from condnet.weights import load_pretrained
+
+        return load_pretrained
+    raise AttributeError(f"module 'condnet' has no attribute {name!r}")

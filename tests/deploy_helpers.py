@@ -17,22 +17,42 @@ EVAL_TRANSFORM = {"resize": 40, "crop": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2
 
 
 @torch.no_grad()
-def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BN non-trivial statistics and affine terms, and make the logits O(1).
+def trained_like(
+    model: nn.Module, resolution: int = 32, logit_spread: float = 1.0, seed: int = 0
+) -> nn.Module:
+    """Random BN affine terms, running statistics from data, logits that vary by about
+    `logit_spread` from image to image; eval mode.
 
     A freshly built model has identity BNs and tiny logits, which would hide folding mistakes.
+    Random images give pooled features that differ little, so spreading the logits amplifies
+    float32 rounding as well: deep test models get a smaller `logit_spread`.
     """
     generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            for tensor, low, high in (
-                (module.running_mean, -0.5, 0.5), (module.running_var, 0.5, 2.0),
-                (module.weight, 0.5, 1.5), (module.bias, -0.3, 0.3),
-            ):  # fmt: skip
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
-    classifier = model.classifier
-    classifier.weight.copy_(torch.randn(classifier.weight.shape, generator=generator) * 0.5)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.weight.copy_(torch.rand(bn.weight.shape, generator=generator) + 0.5)
+        bn.bias.copy_(torch.rand(bn.bias.shape, generator=generator) * 0.4 - 0.2)
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over the calibration batches
+    model.train()
+    for _ in range(2):
+        model(_images(generator, 8, model.spec.in_channels, resolution))
+    for bn in bns:
+        bn.momentum = 0.1
+    # Classifier: logits centred on the calibration data.
+    model.eval()
+    features = model.forward_head(
+        model.forward_features(_images(generator, 16, model.spec.in_channels, resolution)), True
+    )
+    weight = torch.randn(model.classifier.weight.shape, generator=generator)
+    weight *= logit_spread / ((features - features.mean(0)) @ weight.T).std()
+    model.classifier.weight.copy_(weight)
+    model.classifier.bias.copy_(-(features.mean(0) @ weight.T))
     return model.eval()
+
+
+def _images(generator: torch.Generator, batch: int, channels: int, size: int) -> torch.Tensor:
+    return torch.randn(batch, channels, size, size, generator=generator)
 
 
 def small_model(block: str, num_classes: int = len(CLASS_NAMES), **overrides) -> condnet.CondNet:

@@ -7,4 +7,8 @@ COMMANDS = [
     "train",
     "evaluate",
     "data",
+    "reproduce",
+    "export",
+    "predict",
+    "bench",
 ]

@@ -1,0 +1,57 @@
+"""`condnet bench`: median latency and throughput per backend and batch size."""
+
+import argparse
+import json
+
+import torch
+
+from condnet.bench import BACKENDS, DEVICES, bench, format_timings, timings_to_dict
+from condnet.commands.common import parse_assignments
+from condnet.errors import CondnetError
+from condnet.models import build_model
+from condnet.models.condconv import FORMULATIONS, set_formulation
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="inference latency and throughput per backend and batch")
+    p.add_argument("--model", default="paper-standard", help="preset name (see `condnet models`)")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="model override, e.g. num_experts=8")
+    p.add_argument("--batch", default="1,64", help="comma-separated batch sizes (1,64)")
+    p.add_argument("--backend", default="eager,fused,onnxruntime",
+                   help=f"comma-separated, from {','.join(BACKENDS)} (eager,fused,onnxruntime)")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="cpu or cuda (cpu)")
+    p.add_argument("--formulation", default="grouped", choices=FORMULATIONS,
+                   help="CondConv formulation for the PyTorch backends (grouped)")
+    p.add_argument("--iters", type=int, default=20, help="timed runs per measurement (20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs before them (5)")
+    p.add_argument("--resolution", type=int, default=56, help="input height and width (56)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    batches = _int_list("--batch", args.batch)
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    model = set_formulation(build_model(args.model, **parse_assignments(args.set)), args.formulation)
+    timings = bench(model, backends, batches, args.device, args.iters, args.warmup, args.resolution)
+    setting = {
+        "model": args.model, "overrides": args.set, "device": args.device,
+        "threads": torch.get_num_threads(), "formulation": args.formulation,
+        "resolution": args.resolution, "iters": args.iters, "warmup": args.warmup,
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(setting | {"results": timings_to_dict(timings)}, indent=2))
+    else:
+        header = (f"{args.model}{''.join(' ' + s for s in args.set)} on {args.device} "
+                  f"({setting['threads']} threads), {args.resolution}x{args.resolution}, "
+                  f"median of {args.iters} runs after {args.warmup} warm-up runs")
+        print(format_timings(timings, header))
+    return 0
+
+
+def _int_list(option: str, text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise CondnetError(f"{option}: expected comma-separated integers, got {text!r}") from None

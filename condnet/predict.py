@@ -1,0 +1,142 @@
+"""Classify image files with a checkpoint, a safetensors weights file or an ONNX file.
+
+Images are decoded to RGB whatever their format and mode (`condnet.data.images.load_rgb`),
+passed through the model's eval transform and classified in batches; directories are read
+recursively in sorted order, one batch in memory at a time. A file that cannot be decoded
+becomes a `Failure` in the stream of results instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from condnet.bundle import TransformSpec
+from condnet.data.images import IMAGE_EXTENSIONS, BadImage, load_rgb
+from condnet.errors import CondnetError
+from condnet.fuse import fuse
+from condnet.weights import read_bundle
+
+ONNX_SUFFIX = ".onnx"
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A batch of normalised images -> logits, with the class names and eval transform."""
+
+    logits: Callable[[Tensor], Tensor]
+    class_names: list[str]
+    transform: TransformSpec
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The `topk` most probable classes of one image, best first."""
+
+    path: str
+    top: list[tuple[int, str, float]]  # (class index, class name, probability)
+
+    def to_dict(self) -> dict[str, Any]:
+        top = [{"index": i, "class": name, "probability": p} for i, name, p in self.top]
+        return {"path": self.path, "top": top}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that could not be classified; `reason` names the file."""
+
+    path: str
+    reason: str
+
+
+def load_classifier(path: str | os.PathLike) -> Classifier:
+    """A `Classifier` from a ``.onnx`` file, a ``.safetensors`` file or a checkpoint."""
+    if Path(path).suffix == ONNX_SUFFIX:
+        from condnet.export import OnnxClassifier  # needs the optional onnxruntime
+
+        onnx = OnnxClassifier(path)
+        in_channels = onnx.spec.in_channels
+        classifier = Classifier(onnx, onnx.class_names, onnx.transform)
+    else:
+        bundle = read_bundle(path)
+        in_channels = bundle.model.spec.in_channels
+        classifier = Classifier(
+            _inference(fuse(bundle.model)), bundle.class_names, bundle.transform
+        )
+    if in_channels != 3:
+        raise CondnetError(f"{path}: the model takes {in_channels} input channels; images are RGB")
+    return classifier
+
+
+def _inference(model: torch.nn.Module) -> Callable[[Tensor], Tensor]:
+    def logits(images: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return model(images)
+
+    return logits
+
+
+def find_images(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """Each input file as given; each directory's image files, recursively, in sorted order."""
+    for item in inputs:
+        path = Path(item)
+        yield from _walk(path) if path.is_dir() else (path,)
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(path)
+        elif path.suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
+            yield path
+
+
+def predict(
+    classifier: Classifier,
+    inputs: Iterable[str | os.PathLike],
+    topk: int = 5,
+    batch_size: int = 32,
+) -> Iterator[Prediction | Failure]:
+    """Classify every image found in `inputs`, in order, `batch_size` images at a time."""
+    if topk < 1 or batch_size < 1:
+        raise CondnetError(f"topk and batch_size must be positive, got {topk} and {batch_size}")
+    transform = classifier.transform.build()
+    paths = find_images(inputs)
+    while chunk := list(islice(paths, batch_size)):
+        decoded = [_decode(path, transform) for path in chunk]
+        images = [item for item in decoded if isinstance(item, Tensor)]
+        tops = iter(_top(classifier, torch.stack(images), topk) if images else [])
+        for path, item in zip(chunk, decoded):
+            yield item if isinstance(item, Failure) else Prediction(str(path), next(tops))
+
+
+def _decode(path: Path, transform: Callable) -> Tensor | Failure:
+    try:
+        return transform(load_rgb(path))
+    except BadImage as err:
+        return Failure(str(path), str(err))
+
+
+def _top(classifier: Classifier, images: Tensor, topk: int) -> list[list[tuple[int, str, float]]]:
+    probabilities = classifier.logits(images).double().softmax(1)
+    values, indices = probabilities.topk(min(topk, probabilities.shape[1]), dim=1)
+    names = classifier.class_names
+    return [
+        [(i, names[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
+        for row_i, row_p in zip(indices, values)
+    ]
+
+
+def format_prediction(prediction: Prediction) -> str:
+    """The path, then one line per class: probability and name."""
+    lines = [prediction.path]
+    lines += [f"  {p:8.4f}  {name}" for _, name, p in prediction.top]
+    return "\n".join(lines)

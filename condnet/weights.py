@@ -1,0 +1,69 @@
+"""Model files: safetensors weights with their metadata, and one reader for every model file.
+
+A weights file holds the unfused state dict (so training can resume from it) and, as metadata,
+the model spec, class names, eval transform and condnet version: `load_pretrained` rebuilds the
+model from the file alone. safetensors runs no code on load, unlike a pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from condnet.bundle import Bundle, read_metadata
+from condnet.engine.checkpoint import load_checkpoint
+from condnet.errors import CondnetError
+from condnet.models import CondNet
+
+WEIGHTS_SUFFIX = ".safetensors"
+
+
+def save_weights(bundle: Bundle, path: str | os.PathLike) -> None:
+    """Write the model's state dict and metadata to `path` atomically."""
+    path = Path(path)
+    state = {k: v.detach().contiguous() for k, v in bundle.model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": "pt", **bundle.metadata()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_weights(path: str | os.PathLike) -> Bundle:
+    """The model (eval mode), class names and eval transform stored in a weights file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CondnetError(f"weights file not found: {path}")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CondnetError(f"{path}: not a readable safetensors file ({err})") from None
+    spec, class_names, transform = read_metadata(meta, str(path))
+    model = CondNet(spec)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise CondnetError(f"{path}: weights do not fit the model spec: {first}") from None
+    return Bundle(model.eval(), class_names, transform)
+
+
+def load_pretrained(path: str | os.PathLike) -> CondNet:
+    """Rebuild the model (eval mode) from a weights file written by `condnet export --weights`."""
+    return read_weights(path).model
+
+
+def read_bundle(path: str | os.PathLike) -> Bundle:
+    """A model file of either kind: a ``.safetensors`` weights file or a checkpoint (.pt, run dir)."""
+    if Path(path).suffix == WEIGHTS_SUFFIX:
+        return read_weights(path)
+    return Bundle.from_checkpoint(load_checkpoint(path))
