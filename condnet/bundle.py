@@ -36,7 +36,7 @@ class TransformSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> TransformSpec:
-        """Read a checkpoint's ``eval_transform``; missing keys (or a missing dict) take defaults."""
+        """Read a checkpoint's ``eval_transform``; missing keys (or no dict) take defaults."""
         data = dict(data or {})
         unknown = set(data) - {"resize", "crop", "mean", "std"}
         if unknown:

@@ -63,7 +63,7 @@ def load_pretrained(path: str | os.PathLike) -> CondNet:
 
 
 def read_bundle(path: str | os.PathLike) -> Bundle:
-    """A model file of either kind: a ``.safetensors`` weights file or a checkpoint (.pt, run dir)."""
+    """A model file of either kind: ``.safetensors`` weights or a checkpoint (.pt, run folder)."""
     if Path(path).suffix == WEIGHTS_SUFFIX:
         return read_weights(path)
     return Bundle.from_checkpoint(load_checkpoint(path))

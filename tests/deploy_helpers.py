@@ -60,7 +60,9 @@ def small_model(block: str, num_classes: int = len(CLASS_NAMES), **overrides) ->
     return trained_like(condnet.build_model(name, num_classes=num_classes, **(SMALL | overrides)))
 
 
-def write_checkpoint(path: Path, model: condnet.CondNet, eval_transform: dict | None = None) -> Path:
+def write_checkpoint(
+    path: Path, model: condnet.CondNet, eval_transform: dict | None = None
+) -> Path:
     """A checkpoint as the trainer writes it (the extras that deployment ignores included)."""
     state = {
         "model": model.state_dict(),

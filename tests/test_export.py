@@ -34,7 +34,8 @@ def test_paper_presets_in_onnx_runtime_match_pytorch(name, tmp_path):
 def test_export_check_cli_at_batch_1_7_64(tmp_path, capsys):
     ckpt = write_checkpoint(tmp_path / "last.pt", small_model("condconv"), EVAL_TRANSFORM)
     onnx_file, weights = tmp_path / "m.onnx", tmp_path / "m.safetensors"
-    assert main(["export", str(ckpt), "--onnx", str(onnx_file), "--weights", str(weights), "--check"]) == 0
+    args = ["--onnx", str(onnx_file), "--weights", str(weights), "--check"]
+    assert main(["export", str(ckpt), *args]) == 0
     out = capsys.readouterr().out
     assert "batch 1:" in out and "batch 7:" in out and "batch 64:" in out and "; ok" in out
     classifier = OnnxClassifier(onnx_file)
@@ -103,7 +104,7 @@ def test_unreadable_weights_are_one_line_errors(tmp_path):
     [
         ([], "nothing to export"),
         (["--check", "--weights", "w.safetensors"], "--check compares an ONNX export"),
-        (["--weights", "w.bin"], "must end in .safetensors"),
+        (["--weights", "w.bin"], "expected a file name ending in .safetensors"),
         (["--onnx", "m.onnx", "--opset", "11"], "--opset: expected 17 to 20"),
     ],
 )

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     batches = _int_list("--batch", args.batch)
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    model = set_formulation(build_model(args.model, **parse_assignments(args.set)), args.formulation)
+    model = build_model(args.model, **parse_assignments(args.set))
+    set_formulation(model, args.formulation)
     timings = bench(model, backends, batches, args.device, args.iters, args.warmup, args.resolution)
     setting = {
         "model": args.model, "overrides": args.set, "device": args.device,

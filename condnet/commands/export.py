@@ -17,8 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", metavar="FILE.safetensors",
                    help="write the weights with the spec, class names and eval transform")
     p.add_argument("--check", action="store_true",
-                   help=f"compare ONNX Runtime with PyTorch at batch {', '.join(map(str, CHECK_BATCHES))}")
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, {OPSET}-{MAX_OPSET} ({OPSET})")
+                   help="compare ONNX Runtime with PyTorch at batch "
+                   + ", ".join(map(str, CHECK_BATCHES)))
+    p.add_argument("--opset", type=int, default=OPSET,
+                   help=f"ONNX opset, {OPSET}-{MAX_OPSET} ({OPSET})")
     p.set_defaults(run=run)
 
 
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check and not args.onnx:
         raise CondnetError("--check compares an ONNX export: give --onnx FILE")
     if args.weights and not args.weights.endswith(WEIGHTS_SUFFIX):
-        raise CondnetError(f"--weights: the file name must end in {WEIGHTS_SUFFIX}, got {args.weights}")
+        raise CondnetError(f"--weights: expected a file name ending in {WEIGHTS_SUFFIX}")
     if not OPSET <= args.opset <= MAX_OPSET:
         raise CondnetError(f"--opset: expected {OPSET} to {MAX_OPSET}, got {args.opset}")
     bundle = read_bundle(args.checkpoint)
