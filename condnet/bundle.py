@@ -37,11 +37,18 @@ class TransformSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> TransformSpec:
         """Read a checkpoint's ``eval_transform``; missing keys (or no dict) take defaults."""
+        if data is not None and not isinstance(data, Mapping):
+            raise CondnetError(f"eval_transform: expected a mapping, got {data!r}")
         data = dict(data or {})
         unknown = set(data) - {"resize", "crop", "mean", "std"}
         if unknown:
             raise CondnetError(f"eval_transform: unknown key {min(unknown)!r}")
-        spec = cls(**{k: tuple(v) if k in ("mean", "std") else v for k, v in data.items()})
+        for key in ("mean", "std"):
+            if key in data:
+                if not isinstance(data[key], (list, tuple)):
+                    raise CondnetError(f"eval_transform.{key}: expected a list, got {data[key]!r}")
+                data[key] = tuple(data[key])
+        spec = cls(**data)
         spec.validate()
         return spec
 
@@ -82,6 +89,7 @@ class Bundle:
     def from_checkpoint(cls, state: Mapping[str, Any]) -> Bundle:
         """From a checkpoint dict (see `condnet.engine.checkpoint`); trainer extras are ignored."""
         model = model_from_checkpoint(state)
+        check_class_names(state["class_names"], model.num_classes)
         transform = TransformSpec.from_dict(state.get("eval_transform"))
         return cls(model, list(state["class_names"]), transform)
 
@@ -99,7 +107,9 @@ class Bundle:
 
 def check_class_names(names: Any, num_classes: int) -> None:
     """`names` must be a list of `num_classes` strings."""
-    if not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise CondnetError("class_names: expected a list of strings")
+    if not all(isinstance(n, str) for n in names):
         raise CondnetError("class_names: expected a list of strings")
     if len(names) != num_classes:
         raise CondnetError(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import io
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from condnet.bundle import Bundle, read_metadata
 from condnet.errors import CondnetError
 from condnet.fuse import fuse
 from condnet.models.condconv import set_formulation
+from condnet.weights import write_atomically
 
 OPSET = 17
 INPUT_NAME = "images"
@@ -64,18 +64,7 @@ def export_onnx(bundle: Bundle, path: str | os.PathLike, opset: int = OPSET) -> 
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in bundle.metadata().items():
         proto.metadata_props.add(key=key, value=value)
-    _write_atomically(Path(path), proto.SerializeToString())
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda tmp: onnx.save(proto, tmp))
 
 
 class OnnxClassifier:

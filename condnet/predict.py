@@ -83,15 +83,21 @@ def _inference(model: torch.nn.Module) -> Callable[[Tensor], Tensor]:
     return logits
 
 
-def find_images(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Each input file as given; each directory's image files, recursively, in sorted order."""
+def find_images(inputs: Iterable[str | os.PathLike]) -> Iterator[Path | Failure]:
+    """Each input file as given; each folder's image files, recursively, each folder sorted by
+    name; a `Failure` for a folder that cannot be listed."""
     for item in inputs:
         path = Path(item)
         yield from _walk(path) if path.is_dir() else (path,)
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+def _walk(folder: Path) -> Iterator[Path | Failure]:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as err:
+        yield Failure(str(folder), f"{folder}: cannot list the folder ({err.strerror})")
+        return
+    for entry in entries:
         path = Path(entry.path)
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(path)
@@ -109,20 +115,22 @@ def predict(
     if topk < 1 or batch_size < 1:
         raise CondnetError(f"topk and batch_size must be positive, got {topk} and {batch_size}")
     transform = classifier.transform.build()
-    paths = find_images(inputs)
-    while chunk := list(islice(paths, batch_size)):
-        decoded = [_decode(path, transform) for path in chunk]
+    found = find_images(inputs)
+    while chunk := list(islice(found, batch_size)):
+        decoded = [_decode(item, transform) for item in chunk]
         images = [item for item in decoded if isinstance(item, Tensor)]
         tops = iter(_top(classifier, torch.stack(images), topk) if images else [])
         for path, item in zip(chunk, decoded):
             yield item if isinstance(item, Failure) else Prediction(str(path), next(tops))
 
 
-def _decode(path: Path, transform: Callable) -> Tensor | Failure:
+def _decode(item: Path | Failure, transform: Callable) -> Tensor | Failure:
+    if isinstance(item, Failure):
+        return item
     try:
-        return transform(load_rgb(path))
+        return transform(load_rgb(item))
     except BadImage as err:
-        return Failure(str(path), str(err))
+        return Failure(str(item), str(err))
 
 
 def _top(classifier: Classifier, images: Tensor, topk: int) -> list[list[tuple[int, str, float]]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -24,12 +25,23 @@ WEIGHTS_SUFFIX = ".safetensors"
 
 def save_weights(bundle: Bundle, path: str | os.PathLike) -> None:
     """Write the model's state dict and metadata to `path` atomically."""
-    path = Path(path)
     state = {k: v.detach().contiguous() for k, v in bundle.model.state_dict().items()}
+    metadata = {"format": "pt", **bundle.metadata()}
+    write_atomically(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call `write` on a temporary file beside `path`, then rename it to `path`.
+
+    A crash leaves either the previous file or the new one, never a partial one.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise CondnetError(f"cannot write {path}: no such folder {path.parent}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(state, tmp, metadata={"format": "pt", **bundle.metadata()})
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

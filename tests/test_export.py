@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 import condnet
 from condnet.bundle import Bundle, TransformSpec
 from condnet.cli import main
+from condnet.engine.checkpoint import save_checkpoint
 from condnet.errors import CondnetError
 from condnet.export import OnnxClassifier, check_onnx, export_onnx, require
 from condnet.weights import read_bundle, save_weights
@@ -97,6 +98,33 @@ def test_unreadable_weights_are_one_line_errors(tmp_path):
     save_file({"w": torch.zeros(2)}, str(plain))
     with pytest.raises(CondnetError, match="not a condnet file"):
         condnet.load_pretrained(plain)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"class_names": "abcdefg"}, "class_names: expected a list of strings"),
+        ({"class_names": ["a", "b"]}, "class_names: 2 names for a model with 7 classes"),
+        ({"eval_transform": {"crop": 0}}, "eval_transform.crop: expected a positive integer"),
+        ({"eval_transform": {"mean": 0.5}}, "eval_transform.mean: expected a list"),
+        ({"eval_transform": {"size": 3}}, "eval_transform: unknown key 'size'"),
+    ],
+)
+def test_bad_checkpoint_metadata_is_a_clear_error(tmp_path, change, message):
+    model = small_model("standard")
+    state = {"model": model.state_dict(), "model_spec": model.spec.to_dict()}
+    save_checkpoint(state | {"class_names": CLASS_NAMES} | change, tmp_path / "last.pt")
+    with pytest.raises(CondnetError, match=message):
+        read_bundle(tmp_path / "last.pt")
+
+
+def test_writing_into_a_missing_folder_is_a_clear_error(tmp_path):
+    bundle = read_bundle(write_checkpoint(tmp_path / "last.pt", small_model("standard")))
+    with pytest.raises(CondnetError, match="no such folder"):
+        save_weights(bundle, tmp_path / "missing" / "w.safetensors")
+    with pytest.raises(CondnetError, match="no such folder"):
+        export_onnx(bundle, tmp_path / "missing" / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
 @pytest.mark.parametrize(

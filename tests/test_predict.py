@@ -1,8 +1,10 @@
 """`condnet predict` on images of every format and mode, broken files, and all three model files."""
 
 import json
+import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,6 +186,23 @@ def test_batches_keep_order_around_failures(files):
     failed = [r.path for r in results if isinstance(r, Failure)]
     assert failed == [str(files["images"] / n) for n in BROKEN]
     assert all(isinstance(r, Prediction) for r in results if r.path not in failed)
+
+
+def test_a_folder_that_cannot_be_listed_is_one_failure(files, monkeypatch):
+    blocked = files["images"] / "sub"
+    real = os.scandir
+
+    def scandir(path):
+        if Path(path) == blocked:
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    results = list(predict(load_classifier(files["onnx"]), [files["images"]]))
+    failed = [r for r in results if isinstance(r, Failure)]
+    assert [r.path for r in failed] == [str(blocked)] + [str(files["images"] / n) for n in BROKEN]
+    assert "cannot list the folder (Permission denied)" in failed[0].reason
+    assert len(results) == len(GOOD) - 2 + len(failed)  # sub/ held two of the images
 
 
 def test_default_transform_when_the_checkpoint_has_none(tmp_path):
