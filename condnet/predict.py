@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from condnet.bundle import TransformSpec
-from condnet.data.images import IMAGE_EXTENSIONS, BadImage, load_rgb
+from condnet.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, BadImage, load_rgb
 from condnet.errors import CondnetError
 from condnet.fuse import fuse
 from condnet.weights import read_bundle
@@ -61,9 +61,9 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
     if Path(path).suffix == ONNX_SUFFIX:
         from condnet.export import OnnxClassifier  # needs the optional onnxruntime
 
-        onnx = OnnxClassifier(path)
-        in_channels = onnx.spec.in_channels
-        classifier = Classifier(onnx, onnx.class_names, onnx.transform)
+        session = OnnxClassifier(path)
+        in_channels = session.spec.in_channels
+        classifier = Classifier(session, session.class_names, session.transform)
     else:
         bundle = read_bundle(path)
         in_channels = bundle.model.spec.in_channels
@@ -114,23 +114,29 @@ def predict(
     """Classify every image found in `inputs`, in order, `batch_size` images at a time."""
     if topk < 1 or batch_size < 1:
         raise CondnetError(f"topk and batch_size must be positive, got {topk} and {batch_size}")
-    transform = classifier.transform.build()
+    transform, resize = classifier.transform.build(), classifier.transform.resize
     found = find_images(inputs)
     while chunk := list(islice(found, batch_size)):
-        decoded = [_decode(item, transform) for item in chunk]
+        decoded = [_decode(item, transform, resize) for item in chunk]
         images = [item for item in decoded if isinstance(item, Tensor)]
         tops = iter(_top(classifier, torch.stack(images), topk) if images else [])
         for path, item in zip(chunk, decoded):
             yield item if isinstance(item, Failure) else Prediction(str(path), next(tops))
 
 
-def _decode(item: Path | Failure, transform: Callable) -> Tensor | Failure:
+def _decode(item: Path | Failure, transform: Callable, resize: int) -> Tensor | Failure:
     if isinstance(item, Failure):
         return item
     try:
-        return transform(load_rgb(item))
+        image = load_rgb(item)
     except BadImage as err:
         return Failure(str(item), str(err))
+    # Resizing the short side of a long thin image can need far more memory than decoding it.
+    long_side = max(image.size) * resize / min(image.size)
+    if long_side * resize > MAX_PIXELS:
+        width, height = image.size
+        return Failure(str(item), f"{item}: {width}x{height} pixels is too elongated to resize")
+    return transform(image)
 
 
 def _top(classifier: Classifier, images: Tensor, topk: int) -> list[list[tuple[int, str, float]]]:

@@ -161,6 +161,13 @@ def test_decompression_bomb_is_skipped(tmp_path):
     assert str(bomb) in results[0].reason
 
 
+def test_an_image_too_elongated_to_resize_is_skipped(tmp_path):
+    thin = tmp_path / "thin.png"
+    Image.new("L", (40_000, 1)).save(thin)  # 64 x 2,560,000 after resizing the short side
+    results = list(predict(load_classifier(_small_checkpoint(tmp_path)), [thin]))
+    assert isinstance(results[0], Failure) and "too elongated" in results[0].reason
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG that declares `width` x `height` 8-bit gray pixels (a decompression bomb)."""
 
