@@ -22,13 +22,14 @@ def naive(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("batch", [1, 5])
 @pytest.mark.parametrize("kernel_size", [1, 3])
-def test_matches_per_example_loop(depthwise, stride, batch, kernel_size, formulation):
+@pytest.mark.parametrize("size", [9, 4])  # 4x4: `auto` takes the stacked form for 1x1 convs
+def test_matches_per_example_loop(depthwise, stride, batch, kernel_size, formulation, size):
     cin, cout = (12, 12) if depthwise else (6, 10)
     layer = CondConv2d(
         cin, cout, kernel_size, stride, groups=cin if depthwise else 1, num_experts=3,
         formulation=formulation,
     )  # fmt: skip
-    x = torch.randn(batch, cin, 9, 9, requires_grad=True)
+    x = torch.randn(batch, cin, size, size, requires_grad=True)
     r = torch.rand(batch, 3, requires_grad=True)
     out = layer(x, r)
     ref_layer_out = naive(layer, x, r)
@@ -71,10 +72,11 @@ def test_formulations_agree_on_a_whole_network_with_gradients():
         out = model(x)
         out.square().sum().backward()
         results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
-    (out_a, grads_a), (out_b, grads_b) = results
-    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads_a, grads_b):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    out_a, grads_a = results[0]
+    for out_b, grads_b in results[1:]:
+        torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
+        for a, b in zip(grads_a, grads_b):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_batched_formulation_has_no_batch_dependent_groups(monkeypatch):
@@ -104,7 +106,7 @@ def test_bad_routing_shape_and_groups():
         layer(torch.randn(2, 4, 5, 5))
     with pytest.raises(CondnetError, match="groups=3 must divide"):
         CondConv2d(4, 4, 3, groups=3)
-    with pytest.raises(CondnetError, match="formulation must be one of grouped, batched"):
+    with pytest.raises(CondnetError, match="formulation must be one of auto, grouped, batched"):
         layer.formulation = "loop"
 
 
@@ -114,3 +116,12 @@ def test_experts_initialised_independently():
     assert not torch.allclose(w[0], w[1])
     bound = 1 / (16 * 9) ** 0.5  # nn.Conv2d's default: kaiming_uniform(a=sqrt(5))
     assert w.abs().max() <= bound
+
+
+def test_auto_picks_the_stacked_form_for_small_1x1_maps(monkeypatch):
+    layer = CondConv2d(6, 8, 1, num_experts=4)
+    shapes = []
+    real = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *a, **k: shapes.append(a[1].shape) or real(*a, **k))
+    layer(torch.randn(5, 6, 4, 4), torch.rand(5, 4))
+    assert shapes == [torch.Size([8, 24, 1, 1])]  # one dense conv over 4 scaled input copies

@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="eager,fused,onnxruntime",
                    help=f"comma-separated, from {','.join(BACKENDS)} (eager,fused,onnxruntime)")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="cpu or cuda (cpu)")
-    p.add_argument("--formulation", default="grouped", choices=FORMULATIONS,
-                   help="CondConv formulation for the PyTorch backends (grouped)")
+    p.add_argument("--formulation", default="auto", choices=FORMULATIONS,
+                   help="CondConv formulation for the PyTorch backends (auto)")
     p.add_argument("--iters", type=int, default=20, help="timed runs per measurement (20)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs before them (5)")
     p.add_argument("--resolution", type=int, default=56, help="input height and width (56)")
