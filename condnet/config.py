@@ -65,6 +65,7 @@ class TrainConfig:
     lr_peak: float = _spec(0.2, gt=0.0)  # ... to here over `warmup_epochs`,
     lr_final: float = _spec(0.0002, min=0.0)  # then half-cosine down to this at the last epoch
     warmup_epochs: int = _spec(5, min=0)
+    lr_per_step: bool = _spec(False)  # paper: set once per epoch; true: every step
     momentum: float = _spec(0.9, min=0.0, max=1.0)
     nesterov: bool = _spec(True)
     weight_decay: float = _spec(5e-5, min=0.0)

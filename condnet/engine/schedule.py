@@ -7,11 +7,13 @@ import math
 from condnet.config import TrainConfig
 
 
-def lr_at(epoch: int, cfg: TrainConfig) -> float:
+def lr_at(epoch: float, cfg: TrainConfig) -> float:
     """Linear warm-up from lr_start towards lr_peak over `warmup_epochs`, then a half-cosine
     from lr_peak to lr_final, reached at the last epoch.
 
-    Paper recipe: 0.002 at epoch 0, 0.2 at epoch 5, 0.0002 at epoch 54.
+    Paper recipe: 0.002 at epoch 0, 0.2 at epoch 5, 0.0002 at epoch 54. With
+    `train.lr_per_step` the trainer passes fractional epochs (epoch + step / steps), which makes
+    the same curve smooth for runs of a few epochs.
     """
     warm = cfg.warmup_epochs
     if epoch < warm:

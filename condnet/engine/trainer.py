@@ -40,15 +40,17 @@ def _progress(iterable, total: int, desc: str, enabled: bool) -> Any:
 
 def train_one_epoch(
     model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, rt: Runtime,
-    cfg: Config, desc: str, progress: bool, stop: StopSignals,
+    cfg: Config, epoch: int, progress: bool, stop: StopSignals,
 ) -> tuple[float, int, int]:  # fmt: skip
     """One pass over `loader`. Returns (mean loss, images seen, images skipped)."""
     model.train()
     loss_sum = torch.zeros((), device=rt.device)
     seen = skipped = 0
-    bar = _progress(loader, len(loader), desc, progress)
+    bar = _progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.train.epochs}", progress)
     for step, (images, labels, bad) in enumerate(bar):
         stop.check()
+        if cfg.train.lr_per_step:
+            set_lr(optimizer, lr_at(epoch + step / len(loader), cfg.train))
         skipped += _bad_images(bad, cfg)
         if labels.numel() == 0:
             continue
@@ -67,6 +69,11 @@ def train_one_epoch(
                                                  torch.tensor(float(skipped), device=rt.device)]), rt.dist)  # fmt: skip
     loss_total, seen_total, skipped_total = totals.tolist()
     return loss_total / max(seen_total, 1), int(seen_total), int(skipped_total)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def _bad_images(messages: list[str], cfg: Config) -> int:
@@ -243,13 +250,11 @@ def _saver(out: Path, model: CondNet, optimizer, cfg: Config, class_names, rt: R
 def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, epoch: int,
                progress: bool, stop: StopSignals) -> dict[str, Any]:  # fmt: skip
     lr = lr_at(epoch, cfg.train)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(optimizer, lr)
     generator = seed_epoch(cfg.run.seed, epoch, rt.dist.rank)
     loader = _train_loader(cfg, train_set, rt, epoch, generator)
     started = time.perf_counter()
-    desc = f"epoch {epoch + 1}/{cfg.train.epochs}"
-    loss, seen, skipped = train_one_epoch(net, loader, optimizer, rt, cfg, desc, progress, stop)
+    loss, seen, skipped = train_one_epoch(net, loader, optimizer, rt, cfg, epoch, progress, stop)
     train_seconds = time.perf_counter() - started
     if not math.isfinite(loss):
         raise CondnetError(f"training loss became {loss} in epoch {epoch + 1}; stopped, "
