@@ -25,10 +25,9 @@ test: setup
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
+# The paper's three networks in miniature on Fashion-MNIST; a second run reuses finished runs.
 demo: setup
-	$(BIN)/condnet profile --model paper-standard
-	$(BIN)/condnet profile --model paper-se
-	$(BIN)/condnet profile --model paper-condconv
+	$(BIN)/condnet reproduce --config configs/demo.yaml --out runs/demo
 
 lint: setup
 	$(BIN)/pip install -q ruff && $(BIN)/ruff check condnet tests
