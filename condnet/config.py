@@ -70,6 +70,7 @@ class TrainConfig:
     nesterov: bool = _spec(True)
     weight_decay: float = _spec(5e-5, min=0.0)
     label_smoothing: float = _spec(0.0, min=0.0, max=1.0)
+    routing_lr_scale: float = _spec(1.0, min=0.0)  # CondConv routing layers' rate multiplier
 
 
 @dataclass

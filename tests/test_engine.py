@@ -36,6 +36,23 @@ def test_schedule_per_step_is_the_same_curve_at_fractional_epochs():
     assert lr_at(1.5, cfg) == pytest.approx(0.002 + 0.5 * 0.198 * (1 + math.cos(math.pi / 2)))
 
 
+def test_routing_layers_get_their_own_learning_rate():
+    from condnet.engine.trainer import make_optimizer, set_lr
+
+    cfg = tiny_config(**{"model.name": "paper-condconv", "train.routing_lr_scale": 0.01})
+    from condnet.engine.trainer import build_network
+
+    model = build_network(cfg, 4)
+    optimizer = make_optimizer(model, cfg)
+    set_lr(optimizer, 0.1)
+    routing = {id(p) for n, p in model.named_parameters() if ".routing." in n}
+    assert len(routing) == 2 * 6  # weight and bias of one router per block
+    for group in optimizer.param_groups:
+        expected = 0.001 if all(id(p) in routing for p in group["params"]) else 0.1
+        assert group["lr"] == pytest.approx(expected)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
 def test_paper_configs_are_the_spec_recipe():
     for kind in ("standard", "se", "condconv"):
         cfg = load_config(ROOT / "configs" / f"paper-{kind}.yaml")

@@ -31,7 +31,7 @@ from condnet.engine.runtime import (
 from condnet.engine.schedule import lr_at
 from condnet.engine.signals import Interrupted, StopSignals
 from condnet.errors import CondnetError
-from condnet.models import CondNet, build_model
+from condnet.models import CondNet, Routing, build_model
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool) -> Any:
@@ -73,7 +73,7 @@ def train_one_epoch(
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group["lr_scale"]
 
 
 def _bad_images(messages: list[str], cfg: Config) -> int:
@@ -108,8 +108,15 @@ def build_network(cfg: Config, num_classes: int) -> CondNet:
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """SGD; CondConv routing layers form their own group, whose rate is scaled by
+    `train.routing_lr_scale` (their gradient sums over whole kernels, so it is far larger)."""
     t = cfg.train
-    return torch.optim.SGD(model.parameters(), lr=t.lr_start, momentum=t.momentum,
+    routing = {id(p) for m in model.modules() if isinstance(m, Routing) for p in m.parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in routing], "lr_scale": 1.0},
+        {"params": [p for p in model.parameters() if id(p) in routing], "lr_scale": t.routing_lr_scale},
+    ]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=t.lr_start, momentum=t.momentum,
                            nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay)  # fmt: skip
 
 
