@@ -19,7 +19,7 @@ from condnet.config import Config, from_dict
 from condnet.data.datasets import ShardSampler, load_splits, make_datasets, make_loader
 from condnet.engine import distributed
 from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
-from condnet.engine.metrics import MetricsLog, correct_topk, read_metrics, truncate_metrics
+from condnet.engine.metrics import MetricsLog, correct_topk, truncate_metrics
 from condnet.engine.runtime import (
     Runtime,
     make_runtime,
