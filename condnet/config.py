@@ -18,6 +18,8 @@ from condnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from condnet.errors import CondnetError
 
 SOURCES = ("imagefolder", "imagenet64", "cifar10", "cifar100", "fashion-mnist", "synthetic")
+PIPELINES = ("torchvision", "tensor")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _spec(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
@@ -51,6 +53,8 @@ class DataConfig:
     std: list = _spec(list(IMAGENET_STD), length=3, gt=0.0)
     num_workers: int = _spec(0, min=0)
     on_bad_image: str = _spec("skip", choices=("skip", "error"))  # unreadable files
+    pipeline: str = _spec("torchvision", choices=PIPELINES)  # tensor: uint8 cache, batch transforms
+    cache: str | None = _spec(None)  # tensor pipeline's cache folder (None: the user cache dir)
     synthetic_images: int = _spec(512, min=1)  # synthetic: training images (val: a quarter)
     synthetic_classes: int = _spec(10, min=2)
     synthetic_size: int = _spec(32, min=4)
@@ -81,6 +85,7 @@ class RunConfig:
     amp: bool = _spec(True)  # bf16 autocast, on CUDA only
     channels_last: bool = _spec(True)
     compile: bool = _spec(False)
+    compile_mode: str = _spec("default", choices=COMPILE_MODES)  # reduce-overhead: CUDA graphs
     threads: int = _spec(0, min=0)  # CPU threads for torch (0: torch's default)
 
 

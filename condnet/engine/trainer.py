@@ -11,14 +11,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import condnet
 from condnet.config import Config, from_dict
-from condnet.data.datasets import ShardSampler, load_splits, make_datasets, make_loader
+from condnet.data.datasets import load_splits
 from condnet.engine import distributed
 from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from condnet.engine.loaders import Loader, eval_loader, split_data, train_loader
 from condnet.engine.metrics import MetricsLog, correct_topk, truncate_metrics
 from condnet.engine.runtime import (
     Runtime,
@@ -39,7 +39,7 @@ def _progress(iterable, total: int, desc: str, enabled: bool) -> Any:
 
 
 def train_one_epoch(
-    model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, rt: Runtime,
+    model: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, rt: Runtime,
     cfg: Config, epoch: int, progress: bool, stop: StopSignals,
 ) -> tuple[float, int, int]:  # fmt: skip
     """One pass over `loader`. Returns (mean loss, images seen, images skipped)."""
@@ -84,8 +84,11 @@ def _bad_images(messages: list[str], cfg: Config) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, rt: Runtime, progress: bool = False) -> dict[str, float]:
-    """Loss, top-1 and top-5 (percent) over the loader's examples, summed over all ranks."""
+def evaluate(model: nn.Module, loader: Loader, rt: Runtime, progress: bool = False) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) over the loader's examples, summed over all ranks.
+
+    Rows labelled -100 (padding of a fixed-shape last batch) count nowhere.
+    """
     model.eval()
     sums = torch.zeros(4, device=rt.device)  # loss, top-1 hits, top-5 hits, count
     for images, labels, _ in _progress(loader, len(loader), "eval", progress):
@@ -96,7 +99,7 @@ def evaluate(model: nn.Module, loader: DataLoader, rt: Runtime, progress: bool =
             logits = model(images).float()
         sums[0] += F.cross_entropy(logits, labels, reduction="sum")
         sums[1:3] += correct_topk(logits, labels)
-        sums[3] += labels.shape[0]
+        sums[3] += (labels >= 0).sum()
     loss, top1, top5, count = distributed.sum_across(sums, rt.dist).tolist()
     if count == 0:
         raise CondnetError("evaluation: the validation set has no readable images")
@@ -107,9 +110,13 @@ def build_network(cfg: Config, num_classes: int) -> CondNet:
     return build_model(cfg.model.name, num_classes=num_classes, **cfg.model.overrides)
 
 
-def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: Config, fused: bool = False) -> torch.optim.Optimizer:
     """SGD; CondConv routing layers form their own group, whose rate is scaled by
-    `train.routing_lr_scale` (their gradient sums over whole kernels, so it is far larger)."""
+    `train.routing_lr_scale` (their gradient sums over whole kernels, so it is far larger).
+
+    `fused`: one fused kernel for the whole update (the trainer's choice on CUDA); else the
+    per-parameter loop, whose CPU results the resume tests pin down bit for bit.
+    """
     t = cfg.train
     routing = {id(p) for m in model.modules() if isinstance(m, Routing) for p in m.parameters()}
     groups = [
@@ -117,22 +124,8 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
         {"params": [p for p in model.parameters() if id(p) in routing], "lr_scale": t.routing_lr_scale},
     ]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=t.lr_start, momentum=t.momentum,
-                           nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay)  # fmt: skip
-
-
-def eval_loader(cfg: Config, val_set, rt: Runtime) -> DataLoader:
-    sampler = ShardSampler(len(val_set), rt.dist.rank, rt.dist.world)
-    return make_loader(val_set, cfg.train.eval_batch_size, sampler, False, None, cfg.data.num_workers)
-
-
-def _train_loader(cfg: Config, train_set, rt: Runtime, epoch: int, generator: torch.Generator) -> DataLoader:
-    per_rank = cfg.train.batch_size // rt.dist.world
-    sampler = None
-    if rt.dist.enabled:
-        sampler = DistributedSampler(train_set, rt.dist.world, rt.dist.rank, seed=cfg.run.seed)
-        sampler.set_epoch(epoch)
-    drop_last = len(train_set) // rt.dist.world >= per_rank
-    return make_loader(train_set, per_rank, sampler, True, generator, cfg.data.num_workers, drop_last)
+                           nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay,
+                           fused=fused or None)  # fmt: skip
 
 
 def _checkpoint_state(model: CondNet, optimizer, cfg: Config, class_names, epoch: int,
@@ -195,10 +188,11 @@ def train(
     if not resume and (out / "last.pt").exists():
         raise CondnetError(f"{out} already holds a run; resume it with --resume or choose another --out")
     train_split, val_split = load_splits(cfg.data, cfg.run.seed)
-    train_set, val_set = make_datasets(cfg.data, train_split, val_split)
+    train_set = split_data(cfg, rt, train_split, "train", progress)
+    val_set = split_data(cfg, rt, val_split, "val", progress)
     torch.manual_seed(cfg.run.seed)  # the initial weights
     model = build_network(cfg, len(train_split.class_names))
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, fused=rt.device.type == "cuda")
     start, metrics, best = _restore(out, model, optimizer) if resume else (0, [], -math.inf)
     place_model(model, rt)
     _optimizer_to(optimizer, rt.device)
@@ -259,7 +253,7 @@ def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, 
     lr = lr_at(epoch, cfg.train)
     set_lr(optimizer, lr)
     generator = seed_epoch(cfg.run.seed, epoch, rt.dist.rank)
-    loader = _train_loader(cfg, train_set, rt, epoch, generator)
+    loader = train_loader(cfg, train_set, rt, epoch, generator)
     started = time.perf_counter()
     loss, seen, skipped = train_one_epoch(net, loader, optimizer, rt, cfg, epoch, progress, stop)
     train_seconds = time.perf_counter() - started
@@ -282,7 +276,10 @@ def _wrap(model: nn.Module, cfg: Config, rt: Runtime) -> nn.Module:
     if rt.dist.enabled:
         ids = [rt.device.index] if rt.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-    return torch.compile(net) if cfg.run.compile else net
+    if not cfg.run.compile:
+        return net
+    # Static shapes: the tensor pipeline's batches never change shape, so nothing recompiles.
+    return torch.compile(net, dynamic=False, mode=cfg.run.compile_mode)
 
 
 def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -304,7 +301,7 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
     _, val_split = load_splits(cfg.data, cfg.run.seed)
     if len(val_split.class_names) != len(state["class_names"]):
         raise CondnetError(f"the data has {len(val_split.class_names)} classes, the checkpoint {len(state['class_names'])}")
-    _, val_set = make_datasets(cfg.data, val_split, val_split)
+    val_set = split_data(cfg, rt, val_split, "val")
     model = place_model(model_from_checkpoint(state), rt)
     result = evaluate(model, eval_loader(cfg, val_set, rt), rt)
     return {"checkpoint": str(path), "epoch": state.get("epoch"), **result}

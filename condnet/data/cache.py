@@ -1,0 +1,221 @@
+"""A decoded uint8 copy of a split on disk for the tensor pipeline: decode once, map many times.
+
+Each image is decoded once (`load_rgb`), its short side resized to `data.resize` exactly as the
+eval transform does (torchvision's tensor resize, antialiased), and its long side center-cropped
+to at most `long_side()` (1.5 x the short side). It is stored at the top left of a fixed
+canvas, edge pixels repeated into the unused part, so a split is one N x H x W x 3 uint8 array
+(`images.npy`, memory-mapped) beside each image's height and width (`sizes.npy`) and label
+(`labels.npy`). Arrays of equal-sized images get a canvas of exactly their (resized) size: the
+down-sampled ImageNet batches at 64 px are copied unchanged. Files get a square canvas of the
+long side. `manifest.json` holds a fingerprint of the source (file paths, sizes and mtimes, or
+the array's bytes; the labels; the sizes): a cache whose fingerprint differs is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from condnet.config import DataConfig
+from condnet.data.images import BadImage, load_rgb
+from condnet.data.sources import Split
+from condnet.errors import CondnetError
+
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class CachedSplit:
+    images: np.ndarray  # N x H x W x 3 uint8 canvases, each image at the top left
+    sizes: np.ndarray  # N x 2 int64: each image's height and width on its canvas
+    labels: np.ndarray  # N int64
+    skipped: list[str]  # one message per unreadable file left out
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def default_root() -> Path:
+    """`$XDG_CACHE_HOME/condnet`, else `~/.cache/condnet`."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "condnet"
+
+
+def cache_folder(cfg: DataConfig, split: str, seed: int) -> Path:
+    """The folder of one split's cache: named by what selects the split, so that every run and
+    model over the same data shares it; the manifest's fingerprint catches changed files."""
+    identity = {
+        "split": split, "seed": seed, "resize": cfg.resize, "crop": cfg.crop,
+        "source": cfg.source, "classes": cfg.classes and str(Path(cfg.classes).resolve()),
+        "root": cfg.root and str(Path(cfg.root).resolve()),
+        "subset": cfg.train_subset if split == "train" else cfg.val_subset,
+        "synthetic": [cfg.synthetic_images, cfg.synthetic_classes, cfg.synthetic_size],
+    }  # fmt: skip
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return (Path(cfg.cache) if cfg.cache else default_root()) / f"{cfg.source}-{split}-{digest}"
+
+
+def long_side(size: int, crop: int) -> int:
+    """The longest side kept: 1.5 x `size`, with the parity of `crop`, so that a center crop of
+    the capped image starts at the same pixel as one of the whole image."""
+    side = math.ceil(1.5 * size)
+    return side + (side - crop) % 2
+
+
+def fingerprint(split: Split, size: int, longest: int) -> str:
+    """A digest of the source's content: what a changed source changes."""
+    digest = hashlib.sha256(f"condnet cache v{VERSION} {size} {longest}\n".encode())
+    if isinstance(split.images, np.ndarray):
+        digest.update(repr(split.images.shape).encode())
+        digest.update(np.ascontiguousarray(split.images).data)
+    else:
+        for path in split.images:
+            try:
+                stat = os.stat(path)
+                digest.update(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{path}\tmissing\n".encode())
+    digest.update(np.ascontiguousarray(split.labels, dtype=np.int64).data)
+    return digest.hexdigest()
+
+
+def load_cached(split: Split, folder: Path, size: int, crop: int, on_bad_image: str = "skip",
+                workers: int = 0, progress: bool = False, report: bool = True) -> CachedSplit:  # fmt: skip
+    """The split's cache in `folder`, built first when missing or stale.
+
+    Unreadable files are left out with one warning line each (`on_bad_image="error"`: the first
+    stops the build); `report` repeats their count in one line when an existing cache is used.
+    """
+    longest = long_side(size, crop)
+    key = fingerprint(split, size, longest)
+    manifest = _read_manifest(folder)
+    if manifest.get("fingerprint") != key:
+        _build(split, folder, size, longest, key, on_bad_image, workers, progress)
+        manifest = _read_manifest(folder)
+    elif manifest["skipped"] and report:
+        print(f"warning: {folder}: {len(manifest['skipped'])} unreadable images were left out "
+              f"(listed in {MANIFEST})", file=sys.stderr)  # fmt: skip
+    count = manifest["count"]
+    images = np.load(folder / "images.npy", mmap_mode="r")[:count]
+    sizes, labels = np.load(folder / "sizes.npy"), np.load(folder / "labels.npy")
+    return CachedSplit(images, sizes, labels, manifest["skipped"])
+
+
+def _read_manifest(folder: Path) -> dict:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    files = ("images.npy", "sizes.npy", "labels.npy")
+    return manifest if all((folder / f).is_file() for f in files) else {}
+
+
+def _build(split: Split, folder: Path, size: int, longest: int, key: str, on_bad_image: str,
+           workers: int, progress: bool) -> None:  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)  # invalid from here until the new one is written
+    canvas = _canvas(split, size, longest)
+    temp = folder / f"images.npy.{os.getpid()}.tmp"
+    images = np.lib.format.open_memmap(
+        temp, mode="w+", dtype=np.uint8, shape=(len(split), *canvas, 3)
+    )
+    sizes, kept, skipped = np.zeros((len(split), 2), np.int64), [], []
+    try:
+        bar = tqdm(_decoded(split, size, longest, workers), total=len(split), disable=not progress,
+                   desc=f"caching {folder.name}", leave=False, dynamic_ncols=True)  # fmt: skip
+        for index, image in enumerate(bar):
+            if isinstance(image, str):  # an unreadable file's message
+                if on_bad_image == "error":
+                    raise CondnetError(f"{image} (data.on_bad_image=error)")
+                print(f"warning: skipped {image}", file=sys.stderr)
+                skipped.append(image)
+                continue
+            images[len(kept)] = _on_canvas(image, canvas)
+            sizes[len(kept)] = image.shape[:2]
+            kept.append(index)
+        images.flush()
+        del images
+        os.replace(temp, folder / "images.npy")
+    finally:
+        temp.unlink(missing_ok=True)
+    _save_npy(folder / "sizes.npy", sizes[: len(kept)])
+    _save_npy(folder / "labels.npy", np.asarray(split.labels, dtype=np.int64)[kept])
+    manifest = {"version": VERSION, "fingerprint": key, "count": len(kept), "size": size,
+                "long_side": longest, "canvas": list(canvas), "skipped": skipped}  # fmt: skip
+    _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+
+
+def _canvas(split: Split, size: int, longest: int) -> tuple[int, int]:
+    if isinstance(split.images, np.ndarray):  # equal sizes: the first image's fitted size
+        return tuple(_fit(split.images[:1], size, longest).shape[1:3])
+    return longest, longest
+
+
+def _decoded(split: Split, size: int, longest: int, workers: int) -> Iterator[np.ndarray | str]:
+    """Each image fitted (H x W x 3 uint8), or an unreadable file's message, in order."""
+    if isinstance(split.images, np.ndarray):
+        for start in range(0, len(split), 1024):
+            yield from _fit(split.images[start : start + 1024], size, longest)
+        return
+    decode = partial(_decode_file, size=size, longest=longest)
+    if workers == 0:
+        yield from map(decode, split.images)
+        return
+    # spawn: a forked child of a process that has run torch's OpenMP threads can hang.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(1,)) as pool:  # fmt: skip
+        yield from pool.map(decode, split.images, chunksize=64)
+
+
+def _decode_file(path: Path, size: int, longest: int) -> np.ndarray | str:
+    try:
+        image = load_rgb(path)
+    except BadImage as err:
+        return str(err)
+    return _fit(np.asarray(image)[None], size, longest)[0]
+
+
+def _fit(images: np.ndarray, size: int, longest: int) -> np.ndarray:
+    """N x H x W x C uint8 (C = 1 or 3) -> short side `size`, long side at most `longest`, RGB."""
+    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    batch = TF.resize(batch.expand(-1, 3, -1, -1), [size], antialias=True)
+    height, width = batch.shape[-2:]
+    batch = TF.center_crop(batch, [min(height, longest), min(width, longest)])
+    return batch.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _on_canvas(image: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
+    """`image` at the top left; its last row and column repeated over the rest, so that
+    bilinear sampling at its border reads its own pixels."""
+    height, width = image.shape[:2]
+    if (height, width) == canvas:
+        return image
+    return np.pad(image, ((0, canvas[0] - height), (0, canvas[1] - width), (0, 0)), mode="edge")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with temp.open("wb") as f:
+        np.save(f, array)
+    os.replace(temp, path)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temp.write_bytes(data)
+    os.replace(temp, path)

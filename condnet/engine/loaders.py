@@ -1,0 +1,65 @@
+"""The data each pipeline feeds the one training loop, per rank.
+
+`data.pipeline=torchvision`: datasets of per-image transforms in DataLoaders.
+`data.pipeline=tensor`: the split decoded once into a uint8 cache, held on the device (each
+rank its shard) and transformed there in whole batches (`condnet.data.tensor_loader`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from condnet.config import Config
+from condnet.data.cache import cache_folder, load_cached
+from condnet.data.datasets import ShardSampler, SplitDataset, make_datasets, make_loader
+from condnet.data.sources import Split
+from condnet.data.tensor_loader import DeviceSplit, TensorLoader
+from condnet.engine import distributed
+from condnet.engine.runtime import Runtime
+
+Data = SplitDataset | DeviceSplit
+Loader = DataLoader | TensorLoader
+
+
+def split_data(cfg: Config, rt: Runtime, split: Split, name: str, progress: bool = False) -> Data:
+    """`split` ("train" or "val") ready for `train_loader` or `eval_loader`."""
+    if cfg.data.pipeline == "torchvision":
+        train_set, val_set = make_datasets(cfg.data, split, split)
+        return train_set if name == "train" else val_set
+    d = cfg.data
+    folder = cache_folder(d, name, cfg.run.seed)
+    build = lambda report: load_cached(split, folder, d.resize, d.crop, d.on_bad_image,
+                                       d.num_workers, progress, report)  # fmt: skip
+    # Rank 0 builds the cache when it is missing or stale; the others then read it.
+    cached = build(True) if rt.dist.main else None
+    distributed.barrier(rt.dist)
+    cached = cached if cached is not None else build(False)
+    return DeviceSplit.from_cache(cached, rt.device, rt.dist.rank, rt.dist.world)
+
+
+def train_loader(cfg: Config, data: Data, rt: Runtime, epoch: int,
+                 generator: torch.Generator) -> Loader:  # fmt: skip
+    """One epoch of this rank's training batches, its order and augmentation from `generator`."""
+    per_rank = cfg.train.batch_size // rt.dist.world
+    if isinstance(data, DeviceSplit):
+        # Every rank takes as many images as the smallest shard holds: the same step count.
+        device_generator = torch.Generator(rt.device).manual_seed(generator.initial_seed())
+        length = data.total // rt.dist.world
+        return TensorLoader(data, per_rank, cfg.data, device_generator, rt.channels_last, length)
+    sampler = None
+    if rt.dist.enabled:
+        sampler = DistributedSampler(data, rt.dist.world, rt.dist.rank, seed=cfg.run.seed)
+        sampler.set_epoch(epoch)
+    drop_last = len(data) // rt.dist.world >= per_rank
+    return make_loader(data, per_rank, sampler, True, generator, cfg.data.num_workers, drop_last)
+
+
+def eval_loader(cfg: Config, data: Data, rt: Runtime) -> Loader:
+    """This rank's share of the validation set: every image exactly once over all ranks."""
+    if isinstance(data, DeviceSplit):
+        return TensorLoader(
+            data, cfg.train.eval_batch_size, cfg.data, channels_last=rt.channels_last
+        )
+    sampler = ShardSampler(len(data), rt.dist.rank, rt.dist.world)
+    return make_loader(data, cfg.train.eval_batch_size, sampler, False, None, cfg.data.num_workers)
