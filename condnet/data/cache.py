@@ -192,7 +192,7 @@ def _decode_file(path: Path, size: int, longest: int) -> np.ndarray | str:
 
 def _fit(images: np.ndarray, size: int, longest: int) -> np.ndarray:
     """N x H x W x C uint8 (C = 1 or 3) -> short side `size`, long side at most `longest`, RGB."""
-    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    batch = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)  # a writable copy
     batch = TF.resize(batch.expand(-1, 3, -1, -1), [size], antialias=True)
     height, width = batch.shape[-2:]
     batch = TF.center_crop(batch, [min(height, longest), min(width, longest)])
