@@ -1,7 +1,6 @@
 """The tensor pipeline (data.pipeline=tensor) on the CPU: cache, batch transforms, loader, loop."""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -60,7 +59,9 @@ def test_cache_of_64px_arrays_is_an_exact_copy(tmp_path):
     split = array_split()
     cached = load_cached(split, tmp_path / "c", 64, 56)
     assert cached.images.shape == (40, 64, 64, 3) and isinstance(cached.images, np.memmap)
-    assert np.array_equal(cached.images, split.images) and np.array_equal(cached.labels, split.labels)
+    assert np.array_equal(cached.images, split.images) and np.array_equal(
+        cached.labels, split.labels
+    )
     assert (cached.sizes == 64).all()
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert manifest["count"] == 40 and manifest["canvas"] == [64, 64]
@@ -68,7 +69,9 @@ def test_cache_of_64px_arrays_is_an_exact_copy(tmp_path):
 
 def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, monkeypatch):
     root = write_imagefolder(tmp_path / "data", per_class=2)
-    train, _ = load_splits(tiny_config(**{"data.source": "imagefolder", "data.root": str(root)}).data, 0)
+    train, _ = load_splits(
+        tiny_config(**{"data.source": "imagefolder", "data.root": str(root)}).data, 0
+    )
     builds = []
     real_build = cache_module._build
     monkeypatch.setattr(cache_module, "_build", lambda *a: builds.append(1) or real_build(*a))
@@ -108,7 +111,9 @@ def test_non_square_images_are_kept_whole_up_to_3_to_2(tmp_path):
 def test_cache_skips_unreadable_files_with_one_line_each(tmp_path, capfd):
     root = write_imagefolder(tmp_path / "data", per_class=2)
     (root / "train" / "cat" / "broken.png").write_bytes(b"not an image")
-    train, _ = load_splits(tiny_config(**{"data.source": "imagefolder", "data.root": str(root)}).data, 0)
+    train, _ = load_splits(
+        tiny_config(**{"data.source": "imagefolder", "data.root": str(root)}).data, 0
+    )
     cached = load_cached(train, tmp_path / "c", 20, 16)
     err = capfd.readouterr().err.splitlines()
     assert len(cached) == len(train) - 1 and len(cached.skipped) == 1
@@ -129,13 +134,20 @@ def test_crop_boxes_follow_random_resized_crop():
     assert (top >= 0).all() and (left >= 0).all()
     assert (top + h <= height).all() and (left + w <= width).all()
     # Within the ranges before each side was rounded to whole pixels (by at most half a pixel).
-    assert ((w + 0.5) * (h + 0.5) >= 0.08 * height * width).all() and (w * h <= height * width).all()
+    assert ((w + 0.5) * (h + 0.5) >= 0.08 * height * width).all() and (
+        w * h <= height * width
+    ).all()
     assert ((w + 0.5) / (h - 0.5) >= 3 / 4).all() and ((w - 0.5) / (h + 0.5) <= 4 / 3).all()
     area = h * w / (height * width)
     # Against torchvision's own sampler on the same image sizes: same distribution.
     torch.manual_seed(0)
-    reference = torch.tensor([T.RandomResizedCrop.get_params(torch.empty(3, *s), PAPER.scale, PAPER.ratio)
-                              for s in sizes[::8].tolist()], dtype=torch.float64)  # fmt: skip
+    reference = torch.tensor(
+        [
+            T.RandomResizedCrop.get_params(torch.empty(3, *s), PAPER.scale, PAPER.ratio)
+            for s in sizes[::8].tolist()
+        ],
+        dtype=torch.float64,
+    )
     ref_area = reference[:, 2] * reference[:, 3] / (height[::8] * width[::8])
     assert abs(area.mean() - ref_area.mean()) < 0.03 and abs(area.std() - ref_area.std()) < 0.03
     centre = (left + w / 2) / width
@@ -165,10 +177,22 @@ def test_resized_crop_is_interpolate_and_flip_mirrors():
 
 
 def test_flip_rate_is_hflip():
-    ramp = torch.arange(16, dtype=torch.uint8).repeat(16, 1)[None, :, :, None].expand(2000, 16, 16, 3)
-    split = DeviceSplit(ramp.contiguous(), torch.full((2000, 2), 16), torch.zeros(2000, dtype=torch.long))
-    cfg = tiny_config(**{"data.resize": 16, "data.crop": 16, "data.scale": [1.0, 1.0],
-                         "data.ratio": [1.0, 1.0], "data.mean": [0, 0, 0], "data.std": [1, 1, 1]}).data  # fmt: skip
+    ramp = (
+        torch.arange(16, dtype=torch.uint8).repeat(16, 1)[None, :, :, None].expand(2000, 16, 16, 3)
+    )
+    split = DeviceSplit(
+        ramp.contiguous(), torch.full((2000, 2), 16), torch.zeros(2000, dtype=torch.long)
+    )
+    cfg = tiny_config(
+        **{
+            "data.resize": 16,
+            "data.crop": 16,
+            "data.scale": [1.0, 1.0],
+            "data.ratio": [1.0, 1.0],
+            "data.mean": [0, 0, 0],
+            "data.std": [1, 1, 1],
+        }
+    ).data
     images, _, _ = next(iter(TensorLoader(split, 2000, cfg, torch.Generator().manual_seed(1))))
     flipped = images[:, 0, 0, 0] > images[:, 0, 0, -1]
     ramp_row = torch.arange(16.0).expand(int((~flipped).sum()), 16)
@@ -178,8 +202,13 @@ def test_flip_rate_is_hflip():
 
 def test_normalised_values_match_the_torchvision_path(tmp_path):
     split = array_split(count=200)
-    tensor_images, _, _ = next(iter(TensorLoader(device_split(split, tmp_path), 200, PAPER,
-                                                 torch.Generator().manual_seed(0))))  # fmt: skip
+    tensor_images, _, _ = next(
+        iter(
+            TensorLoader(
+                device_split(split, tmp_path), 200, PAPER, torch.Generator().manual_seed(0)
+            )
+        )
+    )
     transform = train_transform(56, PAPER.scale, PAPER.ratio, PAPER.hflip, PAPER.mean, PAPER.std)
     torch.manual_seed(0)
     vision = torch.stack([transform(torch.from_numpy(im).permute(2, 0, 1)) for im in split.images])
@@ -188,9 +217,13 @@ def test_normalised_values_match_the_torchvision_path(tmp_path):
     low, high = (-mean / std).squeeze(1), ((1 - mean) / std).squeeze(1)
     for images in (tensor_images, vision):
         flat = images.transpose(0, 1).reshape(3, -1)
-        assert (flat.min(1).values >= low - 1e-5).all() and (flat.max(1).values <= high + 1e-5).all()
+        assert (flat.min(1).values >= low - 1e-5).all() and (
+            flat.max(1).values <= high + 1e-5
+        ).all()
     per_channel = lambda x: x.transpose(0, 1).reshape(3, -1)  # noqa: E731
-    assert torch.allclose(per_channel(tensor_images).mean(1), per_channel(vision).mean(1), atol=0.02)
+    assert torch.allclose(
+        per_channel(tensor_images).mean(1), per_channel(vision).mean(1), atol=0.02
+    )
     assert torch.allclose(per_channel(tensor_images).std(1), per_channel(vision).std(1), atol=0.05)
 
 
@@ -200,8 +233,15 @@ def test_eval_batches_equal_the_torchvision_eval_transform(tmp_path, source):
         split, resize, crop = array_split(count=10), 64, 56
     else:  # non-square files, resized by the cache as the eval transform resizes them
         root = write_imagefolder(tmp_path / "data", per_class=3)
-        split, resize, crop = load_splits(tiny_config(**{"data.source": "imagefolder",
-                                                         "data.root": str(root)}).data, 0)[1], 32, 28  # fmt: skip
+        long = np.random.default_rng(0).integers(0, 256, (20, 80, 3), dtype=np.uint8)
+        Image.fromarray(long).save(root / "val" / "cat" / "long.png")  # beyond 3:2, cut to 48
+        split, resize, crop = (
+            load_splits(
+                tiny_config(**{"data.source": "imagefolder", "data.root": str(root)}).data, 0
+            )[1],
+            32,
+            28,
+        )
     cfg = tiny_config(**{"data.resize": resize, "data.crop": crop}).data
     loader = TensorLoader(device_split(split, tmp_path / "c", resize, crop), 4, cfg)
     images = torch.cat([batch for batch, _, _ in loader])[: len(split)]
@@ -247,8 +287,8 @@ def test_training_batches_have_one_shape_and_channels_last(tmp_path):
     for images, labels, skipped in batches:
         assert images.shape == (16, 3, 56, 56) and labels.shape == (16,) and skipped == []
         assert images.is_contiguous(memory_format=torch.channels_last)
-    again = list(train_loader(cfg, split, rt, 0, seed_epoch(0, 0, 0)))
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))  # replayable per epoch
+    again = list(train_loader(cfg, split, rt, 0, seed_epoch(0, 0, 0)))  # an epoch replays exactly
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
 
 
 def test_pipeline_is_validated():
@@ -276,15 +316,25 @@ def test_fused_sgd_matches_the_loop():
 
 
 def tensor_config(tmp_path: Path, **overrides):
-    return tiny_config(**{"data.pipeline": "tensor", "data.cache": str(tmp_path / "cache"), **overrides})
+    return tiny_config(
+        **{"data.pipeline": "tensor", "data.cache": str(tmp_path / "cache"), **overrides}
+    )
 
 
 def test_tensor_pipeline_learns_a_small_real_subset(tmp_path):
-    cfg = tensor_config(tmp_path, **{
-        "data.source": "fashion-mnist", "data.train_subset": 1024, "data.val_subset": 500,
-        "data.resize": 28, "data.crop": 24, "data.scale": [0.6, 1.0], "train.epochs": 3,
-        "train.lr_peak": 0.2,
-    })  # fmt: skip
+    cfg = tensor_config(
+        tmp_path,
+        **{
+            "data.source": "fashion-mnist",
+            "data.train_subset": 1024,
+            "data.val_subset": 500,
+            "data.resize": 28,
+            "data.crop": 24,
+            "data.scale": [0.6, 1.0],
+            "train.epochs": 3,
+            "train.lr_peak": 0.2,
+        },
+    )
     metrics = train(cfg, tmp_path / "run", progress=False)
     assert metrics[-1]["val_top1"] > 50  # chance is 10 %
     assert metrics[-1]["skipped_images"] == 0
@@ -303,8 +353,16 @@ def test_tensor_pipeline_resume_is_bit_identical(tmp_path):
 def test_unreadable_files_are_counted_each_epoch(tmp_path, capfd):
     root = write_imagefolder(tmp_path / "data", per_class=6)
     (root / "train" / "dog" / "empty.jpg").write_bytes(b"")
-    cfg = tensor_config(tmp_path, **{"data.source": "imagefolder", "data.root": str(root),
-                                     "data.resize": 20, "train.epochs": 2, "train.batch_size": 8})  # fmt: skip
+    cfg = tensor_config(
+        tmp_path,
+        **{
+            "data.source": "imagefolder",
+            "data.root": str(root),
+            "data.resize": 20,
+            "train.epochs": 2,
+            "train.batch_size": 8,
+        },
+    )
     metrics = train(cfg, tmp_path / "run", progress=False)
     assert [m["skipped_images"] for m in metrics] == [1, 1]
     assert sum("empty.jpg" in line for line in capfd.readouterr().err.splitlines()) == 1
@@ -313,18 +371,41 @@ def test_unreadable_files_are_counted_each_epoch(tmp_path, capfd):
 def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
     """Each rank trains on its 32 of a global batch of 64; one process given the same 64 images
     (with the same augmentation) and the same per-rank BatchNorm statistics takes the same step."""
-    cfg = tensor_config(tmp_path, **{"data.synthetic_images": 64, "train.batch_size": 64,
-                                     "train.epochs": 1, "train.warmup_epochs": 0, "train.lr_peak": 0.5})  # fmt: skip
+    cfg = tensor_config(
+        tmp_path,
+        **{
+            "data.synthetic_images": 64,
+            "train.batch_size": 64,
+            "train.epochs": 1,
+            "train.warmup_epochs": 0,
+            "train.lr_peak": 0.5,
+        },
+    )
     cfg.save(tmp_path / "cfg.yaml")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29573",
-           "-m", "condnet.cli", "train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")]  # fmt: skip
-    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
-                          text=True, timeout=240)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29573",
+        "-m",
+        "condnet.cli",
+        "train",
+        "--config",
+        str(tmp_path / "cfg.yaml"),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    proc = subprocess.run(
+        cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     ddp = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     # The same global batch, as each rank drew its half.
     train_split, _ = load_splits(cfg.data, cfg.run.seed)
-    cached = load_cached(train_split, cache_folder(cfg.data, "train", 0), cfg.data.resize, cfg.data.crop)
+    cached = load_cached(
+        train_split, cache_folder(cfg.data, "train", 0), cfg.data.resize, cfg.data.crop
+    )
     halves = []
     for rank in (0, 1):
         rt = Runtime(torch.device("cpu"), Dist(rank, 2), amp=False, channels_last=False)
@@ -350,3 +431,59 @@ def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
     for name, value in single.items():
         assert torch.allclose(value, ddp[name], atol=1e-6, rtol=1e-5), name
     assert any(not torch.allclose(rank0_only[k], ddp[k], atol=1e-4) for k in single)
+
+
+def test_compiled_training_never_recompiles_after_the_first_epoch(tmp_path, monkeypatch):
+    """Fixed shapes: one graph for training and one for evaluation, whatever the set sizes.
+    (Dynamo alone, with the eager backend: Inductor would take minutes on this CPU.)"""
+    from torch._dynamo.utils import counters
+
+    compile_ = torch.compile
+    monkeypatch.setattr(
+        torch,
+        "compile",
+        lambda model, dynamic=None, mode=None: compile_(model, backend="eager", dynamic=dynamic),
+    )
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = tensor_config(
+        tmp_path,
+        **{
+            "data.synthetic_images": 200,
+            "train.epochs": 2,
+            "train.eval_batch_size": 32,
+            "run.compile": True,
+        },
+    )
+    train(cfg, tmp_path / "run", progress=False, stop_after=1)
+    assert counters["stats"]["unique_graphs"] == 2  # 6 full batches of 32; 50 val images as 2 x 32
+    train(resume_config(tmp_path / "run"), tmp_path / "run", resume=True, progress=False)
+    assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_gpu_train_benchmark_runs_on_the_cpu(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_train", ROOT / "benchmarks" / "gpu_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(
+        [
+            "--images",
+            "96",
+            "--size",
+            "16",
+            "--seconds",
+            "0.2",
+            "--batch",
+            "16",
+            "--models",
+            "paper-standard,paper-condconv",
+            "--device",
+            "cpu",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert [r["model"] for r in rows] == ["paper-standard", "paper-condconv"]
+    assert all(r["train_images_per_s"] > 0 and r["timed_images"] >= 16 for r in rows)
+    assert "| paper-condconv |" in out and "55 epochs" in out and "12,000" in out

@@ -93,8 +93,10 @@ def fingerprint(split: Split, size: int, longest: int) -> str:
     return digest.hexdigest()
 
 
-def load_cached(split: Split, folder: Path, size: int, crop: int, on_bad_image: str = "skip",
-                workers: int = 0, progress: bool = False, report: bool = True) -> CachedSplit:  # fmt: skip
+def load_cached(
+    split: Split, folder: Path, size: int, crop: int, on_bad_image: str = "skip",
+    workers: int = 0, progress: bool = False, report: bool = True,
+) -> CachedSplit:  # fmt: skip
     """The split's cache in `folder`, built first when missing or stale.
 
     Unreadable files are left out with one warning line each (`on_bad_image="error"`: the first

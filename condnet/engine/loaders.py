@@ -29,8 +29,11 @@ def split_data(cfg: Config, rt: Runtime, split: Split, name: str, progress: bool
         return train_set if name == "train" else val_set
     d = cfg.data
     folder = cache_folder(d, name, cfg.run.seed)
-    build = lambda report: load_cached(split, folder, d.resize, d.crop, d.on_bad_image,
-                                       d.num_workers, progress, report)  # fmt: skip
+
+    def build(report: bool):
+        return load_cached(split, folder, d.resize, d.crop, d.on_bad_image, d.num_workers,
+                           progress, report)  # fmt: skip
+
     # Rank 0 builds the cache when it is missing or stale; the others then read it.
     cached = build(True) if rt.dist.main else None
     distributed.barrier(rt.dist)

@@ -1,0 +1,221 @@
+"""Training speed of the tensor pipeline on one device, per block kind (issue 7).
+
+Synthetic uint8 images shaped like ImageNet-100 at 64 px (128,000 training and 5,000 validation
+images, 100 classes) are put on the device once; then, for each network, the real training loop
+runs: `train_one_epoch` over the tensor pipeline's loader (random resized crop 56, flip and
+normalisation on the device), with the run's switches (bf16 autocast on CUDA, channels_last,
+torch.compile, fused SGD on CUDA). Warm-up steps (compilation, cuDNN autotuning) are timed
+apart; then training runs for `--seconds` in chunks of whole steps, and evaluation over the
+validation images once. The table gives images/s and the projected wall time of the paper's
+55 epochs of 128,000 images with an evaluation of 5,000 after each.
+
+    python benchmarks/gpu_train.py                  # sized for a few minutes on one GPU
+    python benchmarks/gpu_train.py --images 512 --size 64 --seconds 5 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from condnet.config import Config, from_dict  # noqa: E402
+from condnet.data.tensor_loader import DeviceSplit  # noqa: E402
+from condnet.engine.loaders import eval_loader, train_loader  # noqa: E402
+from condnet.engine.runtime import Runtime, make_runtime, place_model, seed_epoch  # noqa: E402
+from condnet.engine.signals import StopSignals  # noqa: E402
+from condnet.engine.trainer import (  # noqa: E402
+    _wrap,
+    build_network,
+    evaluate,
+    make_optimizer,
+    set_lr,
+    train_one_epoch,
+)
+
+PAPER_TRAIN, PAPER_VAL = 128_000, 5_000
+MODELS = ("paper-standard", "paper-se", "paper-condconv")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=PAPER_TRAIN, help="synthetic training images")
+    p.add_argument(
+        "--val-images",
+        type=int,
+        help="synthetic validation images (default: 1/25 of --images, at most 5,000)",
+    )
+    p.add_argument("--size", type=int, default=64, help="stored image side (data.resize)")
+    p.add_argument("--crop", type=int, help="training and eval crop (default: 7/8 of --size)")
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--batch", type=int, help="training and evaluation batch (256; CPU: 32)")
+    p.add_argument("--seconds", type=float, default=15, help="timed training per model")
+    p.add_argument("--warmup", type=int, help="untimed training steps per model (15; CPU: 1)")
+    p.add_argument("--chunk", type=int, help="steps between host syncs (50; CPU: 1)")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated presets")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile (default: on CUDA only)",
+    )
+    p.add_argument("--compile-mode", default="default", help="run.compile_mode")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--epochs", type=int, default=55, help="epochs in the projection")
+    args = p.parse_args(argv)
+    args.crop = args.crop or args.size * 7 // 8
+    return args
+
+
+def fill_defaults(args: argparse.Namespace, cuda: bool) -> None:
+    """Paper-sized on a GPU; on the CPU, small enough to finish in seconds per model."""
+    args.compile = cuda if args.compile is None else args.compile
+    args.batch = args.batch or (256 if cuda else 32)
+    args.warmup = args.warmup or (15 if cuda else 1)
+    args.chunk = args.chunk or (50 if cuda else 1)
+    args.val_images = args.val_images or min(PAPER_VAL, max(args.batch, args.images // 25))
+
+
+def make_config(args: argparse.Namespace, model: str, compile: bool) -> Config:
+    return from_dict(
+        {
+            "model": {"name": model},
+            "data": {"pipeline": "tensor", "resize": args.size, "crop": args.crop},
+            "train": {"batch_size": args.batch, "eval_batch_size": args.batch},
+            "run": {"device": args.device, "compile": compile, "compile_mode": args.compile_mode},
+        }
+    )
+
+
+def synthetic(count: int, size: int, classes: int, device: torch.device, seed: int) -> DeviceSplit:
+    """Uniform-noise uint8 images with random labels, made on the device."""
+    generator = torch.Generator(device).manual_seed(seed)
+    images = torch.randint(
+        0, 256, (count, size, size, 3), generator=generator, device=device, dtype=torch.uint8
+    )
+    labels = torch.randint(0, classes, (count,), generator=generator, device=device)
+    return DeviceSplit(images, torch.full((count, 2), size, device=device), labels)
+
+
+def chunk(data: DeviceSplit, start: int, count: int) -> DeviceSplit:
+    """Images start .. start + count (wrapping around), as views where possible."""
+    start %= len(data)
+    if start + count <= len(data):
+        window = slice(start, start + count)
+        return DeviceSplit(data.images[window], data.sizes[window], data.labels[window])
+    index = torch.arange(start, start + count, device=data.images.device) % len(data)
+    return DeviceSplit(data.images[index], data.sizes[index], data.labels[index])
+
+
+def train_steps(
+    net,
+    optimizer,
+    cfg: Config,
+    rt: Runtime,
+    data: DeviceSplit,
+    start: int,
+    steps: int,
+    stop: StopSignals,
+) -> int:
+    """`steps` steps of the real loop from image `start`; returns the images trained on."""
+    part = chunk(data, start, steps * cfg.train.batch_size)
+    loader = train_loader(cfg, part, rt, 0, seed_epoch(cfg.run.seed, start, 0))
+    return train_one_epoch(net, loader, optimizer, rt, cfg, 0, False, stop)[1]
+
+
+def graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def measure(args, name: str, train_data: DeviceSplit, val_data: DeviceSplit) -> dict:
+    cfg = make_config(args, name, args.compile)
+    rt = make_runtime(cfg.run)
+    torch.manual_seed(0)
+    model = build_network(cfg, args.classes)
+    optimizer = make_optimizer(model, cfg, fused=rt.device.type == "cuda")
+    set_lr(optimizer, 0.01)
+    net = _wrap(place_model(model, rt), cfg, rt)
+    steps = max(1, min(args.chunk, len(train_data) // args.batch))
+    with StopSignals() as stop:
+        started = time.perf_counter()
+        train_steps(net, optimizer, cfg, rt, train_data, 0, args.warmup, stop)
+        evaluate(net, eval_loader(cfg, chunk(val_data, 0, args.batch), rt), rt)
+        warmup, compiled = time.perf_counter() - started, graphs()
+        images, started = 0, time.perf_counter()
+        while time.perf_counter() - started < args.seconds:
+            images += train_steps(net, optimizer, cfg, rt, train_data, images, steps, stop)
+        train_rate = images / (time.perf_counter() - started)
+        started = time.perf_counter()
+        evaluate(net, eval_loader(cfg, val_data, rt), rt)
+        eval_rate = len(val_data) / (time.perf_counter() - started)
+    epoch = PAPER_TRAIN / train_rate + PAPER_VAL / eval_rate
+    return {
+        "model": name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "warmup_s": warmup,
+        "train_images_per_s": train_rate,
+        "eval_images_per_s": eval_rate,
+        "projected_minutes": args.epochs * epoch / 60,
+        "timed_images": images,
+        "recompiles": graphs() - compiled if cfg.run.compile else None,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if rt.device.type == "cuda" else None,
+    }
+
+
+def header(args, rt: Runtime) -> str:
+    device = torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else "CPU"
+    return (
+        f"{datetime.date.today()}  {device}  torch {torch.__version__}  "
+        f"{'bf16 autocast' if rt.amp else 'fp32'}, channels_last, "
+        f"compile {args.compile_mode if args.compile else 'off'}, batch {args.batch}, "
+        f"{args.crop} px crops of {args.size} px, {args.images:,} synthetic images "
+        f"(projection: {args.epochs} epochs of {PAPER_TRAIN:,} + {PAPER_VAL:,} evaluated)"
+    )
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| model | params | warm-up s | train img/s | eval img/s | "
+        f"{rows[0]['epochs']} epochs | recompiles | peak GiB |",
+        "|---" * 8 + "|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['params']:,} | {r['warmup_s']:.1f} | "
+            f"{r['train_images_per_s']:,.0f} | {r['eval_images_per_s']:,.0f} | "
+            f"{r['projected_minutes']:.1f} min | {_or_dash(r['recompiles'], '{}')} | "
+            f"{_or_dash(r['peak_gib'], '{:.1f}')} |"
+        )
+    return "\n".join(lines)
+
+
+def _or_dash(value, spec: str) -> str:
+    return "-" if value is None else spec.format(value)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse(argv)
+    rt = make_runtime(from_dict({"run": {"device": args.device}}).run)
+    fill_defaults(args, rt.device.type == "cuda")
+    print(header(args, rt), flush=True)
+    train_data = synthetic(args.images, args.size, args.classes, rt.device, 0)
+    val_data = synthetic(args.val_images, args.size, args.classes, rt.device, 1)
+    rows = []
+    for name in args.models.split(","):
+        rows.append({**measure(args, name, train_data, val_data), "epochs": args.epochs})
+        print(f"{name}: {rows[-1]['train_images_per_s']:,.0f} training images/s", flush=True)
+    print(table(rows))
+    print("target (issue 7): the 55 epochs in at most 10 min, at least 12,000 training images/s")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
