@@ -89,6 +89,16 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, monkeypat
     assert not list((tmp_path / "c").glob("*.tmp")) and not list((tmp_path / "a").glob("*.tmp"))
 
 
+def test_cache_decoded_by_worker_processes_is_the_same(tmp_path):
+    root = write_imagefolder(tmp_path / "data", per_class=2)
+    data_cfg = tiny_config(**{"data.source": "imagefolder", "data.root": str(root)}).data
+    train, _ = load_splits(data_cfg, 0)
+    serial = load_cached(train, tmp_path / "serial", 20, 16)
+    pooled = load_cached(train, tmp_path / "pooled", 20, 16, workers=1)
+    assert np.array_equal(serial.images, pooled.images)
+    assert np.array_equal(serial.sizes, pooled.sizes)
+
+
 def test_cache_folder_is_shared_by_models_and_separate_per_split(tmp_path):
     cfg = tiny_config(**{"data.cache": str(tmp_path)})
     other = tiny_config(**{"data.cache": str(tmp_path), "model.name": "paper-se"})

@@ -19,6 +19,7 @@ import math
 import multiprocessing
 import os
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -95,20 +96,26 @@ def fingerprint(split: Split, size: int, longest: int) -> str:
 
 def load_cached(
     split: Split, folder: Path, size: int, crop: int, on_bad_image: str = "skip",
-    workers: int = 0, progress: bool = False, report: bool = True,
+    workers: int = 0, progress: bool = False, report: bool = True, build: bool = True,
 ) -> CachedSplit:  # fmt: skip
     """The split's cache in `folder`, built first when missing or stale.
 
     Unreadable files are left out with one warning line each (`on_bad_image="error"`: the first
     stops the build); `report` repeats their count in one line when an existing cache is used.
+    `build=False` waits for another process (DDP rank 0) to build it: polling a file, not a
+    collective, so a long build cannot time out the process group.
     """
     longest = long_side(size, crop)
     key = fingerprint(split, size, longest)
     manifest = _read_manifest(folder)
-    if manifest.get("fingerprint") != key:
+    built = build and manifest.get("fingerprint") != key
+    if built:
         _build(split, folder, size, longest, key, on_bad_image, workers, progress)
         manifest = _read_manifest(folder)
-    elif manifest["skipped"] and report:
+    while manifest.get("fingerprint") != key:
+        time.sleep(1)
+        manifest = _read_manifest(folder)
+    if manifest["skipped"] and report and not built:
         print(f"warning: {folder}: {len(manifest['skipped'])} unreadable images were left out "
               f"(listed in {MANIFEST})", file=sys.stderr)  # fmt: skip
     count = manifest["count"]

@@ -15,7 +15,6 @@ from condnet.data.cache import cache_folder, load_cached
 from condnet.data.datasets import ShardSampler, SplitDataset, make_datasets, make_loader
 from condnet.data.sources import Split
 from condnet.data.tensor_loader import DeviceSplit, TensorLoader
-from condnet.engine import distributed
 from condnet.engine.runtime import Runtime
 
 Data = SplitDataset | DeviceSplit
@@ -28,16 +27,10 @@ def split_data(cfg: Config, rt: Runtime, split: Split, name: str, progress: bool
         train_set, val_set = make_datasets(cfg.data, split, split)
         return train_set if name == "train" else val_set
     d = cfg.data
-    folder = cache_folder(d, name, cfg.run.seed)
-
-    def build(report: bool):
-        return load_cached(split, folder, d.resize, d.crop, d.on_bad_image, d.num_workers,
-                           progress, report)  # fmt: skip
-
-    # Rank 0 builds the cache when it is missing or stale; the others then read it.
-    cached = build(True) if rt.dist.main else None
-    distributed.barrier(rt.dist)
-    cached = cached if cached is not None else build(False)
+    # Rank 0 builds the cache when it is missing or stale; the others wait for it.
+    main = rt.dist.main
+    cached = load_cached(split, cache_folder(d, name, cfg.run.seed), d.resize, d.crop,
+                         d.on_bad_image, d.num_workers, progress and main, main, main)  # fmt: skip
     return DeviceSplit.from_cache(cached, rt.device, rt.dist.rank, rt.dist.world)
 
 
