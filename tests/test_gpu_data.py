@@ -443,28 +443,22 @@ def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
     assert any(not torch.allclose(rank0_only[k], ddp[k], atol=1e-4) for k in single)
 
 
+def eager_compile(monkeypatch) -> None:
+    """torch.compile with Dynamo alone (the eager backend): Inductor takes minutes on this CPU."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, dynamic=None, mode=None: compile_(
+        model, backend="eager", dynamic=dynamic))  # fmt: skip
+
+
 def test_compiled_training_never_recompiles_after_the_first_epoch(tmp_path, monkeypatch):
-    """Fixed shapes: one graph for training and one for evaluation, whatever the set sizes.
-    (Dynamo alone, with the eager backend: Inductor would take minutes on this CPU.)"""
+    """Fixed shapes: one graph for training and one for evaluation, whatever the set sizes."""
     from torch._dynamo.utils import counters
 
-    compile_ = torch.compile
-    monkeypatch.setattr(
-        torch,
-        "compile",
-        lambda model, dynamic=None, mode=None: compile_(model, backend="eager", dynamic=dynamic),
-    )
+    eager_compile(monkeypatch)
     torch._dynamo.reset()
     counters.clear()
-    cfg = tensor_config(
-        tmp_path,
-        **{
-            "data.synthetic_images": 200,
-            "train.epochs": 2,
-            "train.eval_batch_size": 32,
-            "run.compile": True,
-        },
-    )
+    cfg = tensor_config(tmp_path, **{"data.synthetic_images": 200, "train.epochs": 2,
+                                     "train.eval_batch_size": 32, "run.compile": True})  # fmt: skip
     train(cfg, tmp_path / "run", progress=False, stop_after=1)
     assert counters["stats"]["unique_graphs"] == 2  # 6 full batches of 32; 50 val images as 2 x 32
     train(resume_config(tmp_path / "run"), tmp_path / "run", resume=True, progress=False)
@@ -477,22 +471,8 @@ def test_gpu_train_benchmark_runs_on_the_cpu(capsys):
     spec = importlib.util.spec_from_file_location("gpu_train", ROOT / "benchmarks" / "gpu_train.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    rows = bench.main(
-        [
-            "--images",
-            "96",
-            "--size",
-            "16",
-            "--seconds",
-            "0.2",
-            "--batch",
-            "16",
-            "--models",
-            "paper-standard,paper-condconv",
-            "--device",
-            "cpu",
-        ]
-    )
+    args = "--images 96 --size 16 --seconds 0.2 --batch 16 --device cpu"
+    rows = bench.main([*args.split(), "--models", "paper-standard,paper-condconv"])
     out = capsys.readouterr().out
     assert [r["model"] for r in rows] == ["paper-standard", "paper-condconv"]
     assert all(r["train_images_per_s"] > 0 and r["timed_images"] >= 16 for r in rows)
