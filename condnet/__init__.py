@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from condnet.errors import CondnetError
 from condnet.fuse import fuse
+from condnet.inference import prepare_inference
 from condnet.models import CondNet, NetSpec, build_model, get_spec, list_models
 
 try:
@@ -21,6 +22,7 @@ __all__ = [
     "get_spec",
     "list_models",
     "load_pretrained",
+    "prepare_inference",
 ]
 
 

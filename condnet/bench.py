@@ -1,6 +1,7 @@
 """Inference latency and throughput of one model under several backends and batch sizes.
 
-Backends: ``eager`` (the model as trained), ``fused`` (BN folded, `condnet.fuse`), ``compile``
+Backends: ``eager`` (the model as trained), ``fused`` (BN folded and channels_last weights,
+`condnet.inference.prepare_inference`), ``compile``
 (`torch.compile` of the fused model) and ``onnxruntime`` (the exported ONNX file). Each
 (backend, batch) pair runs `warmup` untimed forward passes, then `iters` timed ones; the median
 is reported, so one slow outlier (a page fault, another process) does not move the result.
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from condnet.bundle import Bundle, TransformSpec
 from condnet.errors import CondnetError
-from condnet.fuse import fuse
+from condnet.inference import prepare_inference
 from condnet.models import CondNet
 
 BACKENDS = ("eager", "fused", "compile", "onnxruntime")
@@ -89,7 +90,7 @@ def _runner(
         names = [str(i) for i in range(model.num_classes)]
         export_onnx(Bundle(model, names, TransformSpec(crop=resolution)), path)
         return OnnxClassifier(path, device)
-    module = model.eval() if backend == "eager" else fuse(model)
+    module = model.eval() if backend == "eager" else prepare_inference(model)
     module = module.to(device)
     if backend == "compile":
         module = torch.compile(module)

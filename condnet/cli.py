@@ -14,6 +14,7 @@ from typing import Sequence
 from condnet.commands import COMMANDS
 from condnet.engine.signals import Interrupted
 from condnet.errors import CondnetError
+from condnet.memory import retain_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    retain_freed_memory()  # large tensors are not page-faulted in again at every step
     try:
         return args.run(args)
     except CondnetError as err:

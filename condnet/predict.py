@@ -21,7 +21,7 @@ from torch import Tensor
 from condnet.bundle import TransformSpec
 from condnet.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, BadImage, load_rgb
 from condnet.errors import CondnetError
-from condnet.fuse import fuse
+from condnet.inference import prepare_inference
 from condnet.weights import read_bundle
 
 ONNX_SUFFIX = ".onnx"
@@ -68,7 +68,7 @@ def load_classifier(path: str | os.PathLike) -> Classifier:
         bundle = read_bundle(path)
         in_channels = bundle.model.spec.in_channels
         classifier = Classifier(
-            _inference(fuse(bundle.model)), bundle.class_names, bundle.transform
+            _inference(prepare_inference(bundle.model)), bundle.class_names, bundle.transform
         )
     if in_channels != 3:
         raise CondnetError(f"{path}: the model takes {in_channels} input channels; images are RGB")

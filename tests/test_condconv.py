@@ -52,11 +52,15 @@ def test_grouped_not_depthwise_and_own_routing(formulation, kernel_size):
 
 
 @pytest.mark.parametrize("formulation", FORMULATIONS)
-def test_bias_is_added_after_mixing(formulation):
-    layer = CondConv2d(6, 8, 3, 2, num_experts=3, bias=True, formulation=formulation)
+@pytest.mark.parametrize("kernel_size", [1, 3])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("size", [9, 4])  # 4x4: `auto` takes the stacked form for 1x1 convs
+def test_bias_is_added_after_mixing(formulation, kernel_size, groups, size):
+    layer = CondConv2d(6, 8, kernel_size, 2, groups=groups, num_experts=3, bias=True,
+                       formulation=formulation)  # fmt: skip
     with torch.no_grad():
         layer.bias.normal_()
-    x, r = torch.randn(4, 6, 9, 9), torch.rand(4, 3)
+    x, r = torch.randn(4, 6, size, size), torch.rand(4, 3)
     want = naive(layer, x, r) + layer.bias[:, None, None]
     torch.testing.assert_close(layer(x, r), want, rtol=1e-5, atol=1e-5)
     assert CondConv2d(6, 8, 3).bias is None and "bias" not in CondConv2d(6, 8, 3).state_dict()

@@ -14,6 +14,7 @@ from condnet.config import RunConfig
 from condnet.engine import distributed
 from condnet.engine.distributed import Dist
 from condnet.errors import CondnetError
+from condnet.inference import channels_last_weights
 
 
 @dataclass(frozen=True)
@@ -33,16 +34,9 @@ class Runtime:
 
 
 def place_model(model: torch.nn.Module, rt: "Runtime") -> torch.nn.Module:
-    """Move `model` to the device; with channels_last, every 4-D weight goes NHWC too.
-
-    (`Module.to(memory_format=...)` refuses the 5-D CondConv expert weights.)
-    """
+    """Move `model` to the device; with channels_last, every 4-D weight goes NHWC too."""
     model.to(rt.device)
-    if rt.channels_last:
-        for param in model.parameters():
-            if param.dim() == 4:
-                param.data = param.data.contiguous(memory_format=torch.channels_last)
-    return model
+    return channels_last_weights(model) if rt.channels_last else model
 
 
 def make_runtime(cfg: RunConfig) -> Runtime:

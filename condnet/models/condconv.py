@@ -135,12 +135,10 @@ class CondConv2d(nn.Module):
         if formulation == "auto":
             formulation = self._auto_formulation(x)
         if formulation == "grouped":
-            out = self._forward_grouped(x, routing_weights)
-        elif formulation == "stacked":
-            out = self._forward_stacked(x, routing_weights)
-        else:
-            out = self._forward_batched(x, routing_weights)
-        return out if self.bias is None else out + self.bias[:, None, None]
+            return self._forward_grouped(x, routing_weights)
+        if formulation == "stacked":
+            return self._forward_stacked(x, routing_weights)
+        return self._forward_batched(x, routing_weights)
 
     def _auto_formulation(self, x: Tensor) -> str:
         if self.kernel_size != (1, 1) or x.shape[0] == 1:
@@ -153,14 +151,16 @@ class CondConv2d(nn.Module):
         batch, channels, height, width = x.shape
         scaled = x[:, None] * routing_weights[:, :, None, None, None]
         weight = self.weight.transpose(0, 1).reshape(self.out_channels, -1, 1, 1)
-        return F.conv2d(scaled.reshape(batch, -1, height, width), weight, None, self.stride)
+        return F.conv2d(scaled.reshape(batch, -1, height, width), weight, self.bias, self.stride)
 
     def _forward_grouped(self, x: Tensor, routing_weights: Tensor) -> Tensor:
         batch, channels, height, width = x.shape
+        # The bias goes into the convolution, once per example: no extra pass over the output.
+        bias = None if self.bias is None else self.bias.repeat(batch)
         out = F.conv2d(
             x.reshape(1, batch * channels, height, width),
             self.mixed_weight(routing_weights),
-            None,
+            bias,
             self.stride,
             self.padding,
             groups=self.groups * batch,
@@ -176,7 +176,12 @@ class CondConv2d(nn.Module):
         weight = (routing_weights @ self.weight.reshape(self.num_experts, -1)).reshape(
             -1, groups, self.out_channels // groups, self.in_channels // groups
         )
-        out = weight @ x.reshape(-1, groups, self.in_channels // groups, out_h * out_w)
+        x = x.reshape(-1, groups, self.in_channels // groups, out_h * out_w)
+        if self.bias is not None and groups == 1:  # the bias inside the product: no extra pass
+            out = torch.baddbmm(self.bias[:, None], weight[:, 0], x[:, 0])
+        else:
+            out = weight @ x
+            out = out if self.bias is None else out + self.bias.reshape(groups, -1, 1)
         return out.reshape(-1, self.out_channels, out_h, out_w)
 
     def _forward_mixture(self, x: Tensor, routing_weights: Tensor) -> Tensor:
@@ -186,7 +191,7 @@ class CondConv2d(nn.Module):
             term = F.conv2d(x, self.weight[m], None, self.stride, self.padding, groups=self.groups)
             term = term * routing_weights[:, m, None, None, None]
             out = term if out is None else out + term
-        return out
+        return out if self.bias is None else out + self.bias[:, None, None]
 
     def extra_repr(self) -> str:
         return (

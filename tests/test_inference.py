@@ -1,0 +1,54 @@
+"""The fast inference form computes what the model computes; the allocator setting is safe."""
+
+import pytest
+import torch
+
+import condnet
+from condnet.inference import channels_last_weights, prepare_inference
+from condnet.memory import retain_freed_memory
+
+TINY = {"widths": [8, 8, 16, 16, 24, 24], "repeats": 1, "head_channels": 32}
+
+
+def trained_like(name: str) -> condnet.CondNet:
+    """A small preset with non-trivial BN statistics, so folding them is really exercised."""
+    torch.manual_seed(0)
+    model = condnet.build_model(name, num_classes=7, **TINY).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 3, 24, 24) * 2 + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", condnet.list_models())
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_prepare_inference_matches_the_model(name, batch, layout):
+    model = trained_like(name)
+    fast = prepare_inference(model)
+    x = torch.randn(batch, 3, 24, 24).contiguous(memory_format=layout)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
+    assert not fast.training
+    assert isinstance(model.stages[0][0].expand.bn, torch.nn.BatchNorm2d)  # the model is unchanged
+
+
+def test_channels_last_weights_converts_4d_parameters_only():
+    model = channels_last_weights(condnet.build_model("paper-condconv", **TINY))
+    for param in model.parameters():
+        if param.dim() == 4:
+            assert param.is_contiguous(memory_format=torch.channels_last)
+        else:
+            assert param.is_contiguous()
+    assert any(p.dim() == 5 for p in model.parameters())  # the CondConv experts stay as they are
+
+
+def test_retain_freed_memory_applies_and_changes_no_result(monkeypatch):
+    model = trained_like("paper-se")
+    x = torch.randn(4, 3, 24, 24)
+    with torch.no_grad():
+        before = model(x)
+        assert retain_freed_memory() is True  # Linux with glibc, as on the CI machine
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+    monkeypatch.setenv("CONDNET_RETAIN_MEMORY", "0")
+    assert retain_freed_memory() is False
