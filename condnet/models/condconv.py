@@ -156,7 +156,7 @@ class CondConv2d(nn.Module):
     def _forward_grouped(self, x: Tensor, routing_weights: Tensor) -> Tensor:
         batch, channels, height, width = x.shape
         # The bias goes into the convolution, once per example: no extra pass over the output.
-        bias = None if self.bias is None else self.bias.repeat(batch)
+        bias = self.bias if self.bias is None or batch == 1 else self.bias.repeat(batch)
         out = F.conv2d(
             x.reshape(1, batch * channels, height, width),
             self.mixed_weight(routing_weights),
