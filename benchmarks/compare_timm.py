@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,9 +81,10 @@ def timed(fn: Callable[[], object], iters: int) -> float:
 class Contender:
     """One side of the race: a network ready to train and to infer, and its timed runs."""
 
-    def __init__(self, train_model: nn.Module, infer_model: nn.Module, channels_last: bool) -> None:
-        self.train_model, self.infer_model = train_model.train(), infer_model.eval()
-        self.optimizer = sgd(train_model)
+    def __init__(self, train_model: nn.Module | None, infer_model: Callable[[Tensor], Tensor],
+                 channels_last: bool) -> None:  # fmt: skip
+        self.train_model, self.infer_model = train_model, infer_model
+        self.optimizer = sgd(train_model) if train_model is not None else None
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def inputs(self, batch: int, resolution: int) -> Tensor:
@@ -90,35 +93,54 @@ class Contender:
     def run(self, metric: str, resolution: int, iters: int) -> float:
         """One measurement of `metric`: images/s for throughput, milliseconds for latency."""
         if metric == "train":
+            if self.train_model is None:
+                return math.nan  # an inference-only contender
+            self.train_model.train()  # timm's side trains and infers with one module
             images, labels = self.inputs(64, resolution), torch.randint(0, 100, (64,))
             train_step(self.train_model, self.optimizer, images, labels)  # warm-up
             return 64 / timed(lambda: train_step(self.train_model, self.optimizer, images, labels), iters)
         batch = 1 if metric == "latency1" else 64
         images = self.inputs(batch, resolution)
+        if isinstance(self.infer_model, nn.Module):
+            self.infer_model.eval()
         with torch.inference_mode():
             self.infer_model(images)  # warm-up
             seconds = timed(lambda: self.infer_model(images), iters * (10 if batch == 1 else 1))
         return seconds * 1e3 if batch == 1 else batch / seconds
 
 
-def contenders(block: str, timm_channels_last: bool) -> dict[str, Contender]:
+def onnx_contender(model: nn.Module, resolution: int, workdir: Path) -> Contender:
+    """condnet exported to ONNX (`condnet export`) and run by ONNX Runtime: inference only."""
+    from condnet.bundle import Bundle, TransformSpec
+    from condnet.export import OnnxClassifier, export_onnx
+
+    path = workdir / "model.onnx"
+    export_onnx(Bundle(model, [str(i) for i in range(100)], TransformSpec(crop=resolution)), path)
+    return Contender(None, OnnxClassifier(path), channels_last=False)
+
+
+def contenders(block: str, args: argparse.Namespace, workdir: Path) -> dict[str, Contender]:
     ours = channels_last_weights(condnet.build_model(f"paper-{block}"))
     theirs = build_timm(block)
     counts = {sum(p.numel() for p in m.parameters()) for m in (ours, theirs)}
     if len(counts) != 1:
         raise SystemExit(f"error: {block}: parameter counts differ (condnet vs timm): {counts}")
-    if timm_channels_last:
+    if args.timm_channels_last:
         theirs = theirs.to(memory_format=torch.channels_last)
-    return {
-        "condnet": Contender(ours, prepare_inference(ours), channels_last=True),
-        "timm": Contender(theirs, theirs, channels_last=timm_channels_last),
+    sides = {
+        "condnet": Contender(ours, prepare_inference(ours).eval(), channels_last=True),
+        "timm": Contender(theirs, theirs, channels_last=args.timm_channels_last),
     }
+    if args.onnx:
+        sides["onnxruntime"] = onnx_contender(ours.eval(), args.resolution, workdir)
+    return sides
 
 
 def race(block: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Medians per side and metric, measured A B A B ... over `args.rounds` rounds."""
     torch.manual_seed(0)
-    sides = contenders(block, args.timm_channels_last)
+    with tempfile.TemporaryDirectory(prefix="condnet-race-") as workdir:
+        sides = contenders(block, args, Path(workdir))
     samples = {side: {m: [] for m in METRICS} for side in sides}
     for round_ in range(args.rounds):
         for metric in METRICS:
@@ -163,6 +185,12 @@ def report(results: dict[str, dict], rate: float, resolution: int) -> str:
         for metric in METRICS:
             ratio = results["condconv"]["condnet"][metric] / results["se"]["condnet"][metric]
             lines.append(f"  {units[metric]:<15}{ratio:>7.2f}  {verdict(ratio, VS_SE[metric])}")
+    if any("onnxruntime" in sides for sides in results.values()):
+        lines.append("condnet exported to ONNX Runtime / timm:")
+        for block, sides in results.items():
+            for metric in METRICS[1:]:
+                ours, theirs = sides["onnxruntime"][metric], sides["timm"][metric]
+                lines.append(f"  {block:<10}{units[metric]:<15}{ours:>9.1f}{ours / theirs:>7.2f}")
     lines.append(f"fp32 matrix multiply (torch.mm 1024^2): {rate:.1f} GFLOP/s")
     return "\n".join(lines)
 
@@ -190,6 +218,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timm-channels-last", action="store_true", help="give timm channels_last too")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's allocator as it is (condnet's CLI retains freed memory)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also time condnet exported to ONNX Runtime (inference only)")
     parser.add_argument("--json", type=Path, help="also write the medians here")
     args = parser.parse_args(argv)
     args.blocks = [b.strip() for b in args.blocks.split(",") if b.strip()]

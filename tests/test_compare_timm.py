@@ -1,5 +1,6 @@
 """benchmarks/compare_timm.py: the timm reference is the same network; a tiny race runs."""
 
+import math
 import sys
 from pathlib import Path
 
@@ -24,15 +25,26 @@ def test_timm_reference_has_condnets_parameter_count_and_shapes(block):
     assert features.shape == ours.forward_features(x).shape == (2, 1280, 7, 7)  # stem stride 1
 
 
-def test_a_tiny_race_reports_every_metric(capsys):
+def test_a_tiny_race_reports_every_metric():
     args = compare_timm.parse_args(["--blocks", "standard", "--rounds", "1", "--iters", "1",
-                                    "--resolution", "16"])  # fmt: skip
+                                    "--resolution", "16", "--onnx"])  # fmt: skip
     medians = compare_timm.race("standard", args)
-    assert set(medians) == {"condnet", "timm"}
-    for side in medians.values():
-        assert set(side) == set(compare_timm.METRICS) and all(v > 0 for v in side.values())
+    assert set(medians) == {"condnet", "timm", "onnxruntime"}
+    for side in ("condnet", "timm"):
+        assert all(medians[side][m] > 0 for m in compare_timm.METRICS)
+    assert math.isnan(medians["onnxruntime"]["train"]) and medians["onnxruntime"]["latency1"] > 0
     table = compare_timm.report({"standard": medians}, rate=50.0, resolution=16)
-    assert table.count("standard") == 3 and "GFLOP/s" in table
+    assert table.count("standard") == 5 and "GFLOP/s" in table and "ONNX Runtime" in table
+
+
+def test_each_side_trains_in_train_mode_and_infers_in_eval_mode():
+    sides = compare_timm.contenders("standard", compare_timm.parse_args([]), Path("."))
+    timm_side = sides["timm"]
+    modes = []
+    timm_side.train_model.register_forward_pre_hook(lambda m, _: modes.append(m.training))
+    for metric in ("latency1", "train", "latency1"):
+        timm_side.run(metric, resolution=16, iters=1)
+    assert modes[0] is False and modes[-1] is False and True in modes
 
 
 def test_bad_arguments_are_refused():
