@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import condnet
-from condnet.inference import channels_last_weights, prepare_inference
+from condnet.inference import PointwiseConv2d, channels_last_weights, prepare_inference
 from condnet.memory import retain_freed_memory
 
 TINY = {"widths": [8, 8, 16, 16, 24, 24], "repeats": 1, "head_channels": 32}
@@ -30,6 +30,7 @@ def test_prepare_inference_matches_the_model(name, batch, layout):
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-5)
     assert not fast.training
+    assert any(isinstance(m, PointwiseConv2d) for m in fast.modules())  # the batch-1 matmul path
     assert isinstance(model.stages[0][0].expand.bn, torch.nn.BatchNorm2d)  # the model is unchanged
 
 
