@@ -477,3 +477,23 @@ def test_gpu_train_benchmark_runs_on_the_cpu(capsys):
     assert [r["model"] for r in rows] == ["paper-standard", "paper-condconv"]
     assert all(r["train_images_per_s"] > 0 and r["timed_images"] >= 16 for r in rows)
     assert "| paper-condconv |" in out and "55 epochs" in out and "12,000" in out
+
+
+def test_data_cache_command_builds_what_a_run_then_reuses(tmp_path, capsys):
+    from condnet.cli import main
+    from condnet.commands.common import parse_assignments
+
+    sets = ["data.source=synthetic", "data.synthetic_images=24", "data.synthetic_size=64",
+            f"data.cache={tmp_path}", "data.pipeline=tensor"]  # fmt: skip
+    assert main(["data", "cache", "--set", *sets]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cfg = load_config(None, parse_assignments(sets))
+    _, val = load_splits(cfg.data, cfg.run.seed)
+    train_folder = cache_folder(cfg.data, "train", cfg.run.seed)
+    assert lines[0] == f"train: 24 images 64x64, 0 unreadable left out, in {train_folder}"
+    assert lines[1].startswith(f"val: {len(val)} images 64x64, 0 unreadable left out, in ")
+    built = (train_folder / "images.npy").stat().st_mtime_ns
+    assert main(["data", "cache", "--set", *sets]) == 0  # current: reused, not rebuilt
+    assert (train_folder / "images.npy").stat().st_mtime_ns == built
+    assert main(["data", "cache", "--set", "data.source=imagefolder"]) == 2  # one-line error
+    assert "data.root" in capsys.readouterr().err

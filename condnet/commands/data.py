@@ -1,8 +1,11 @@
-"""`condnet data prepare-imagenet`: the paper's 64-px layout from a full ImageNet tree."""
+"""`condnet data`: the paper's 64-px layout from ImageNet, and the tensor pipeline's cache."""
 
 import argparse
+import sys
 from pathlib import Path
 
+from condnet.commands.common import parse_assignments
+from condnet.config import load_config
 from condnet.data.prepare import prepare_imagenet
 
 
@@ -15,10 +18,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--classes", type=Path, required=True, help="class folder names, one a line")
     q.add_argument("--size", type=int, default=64, help="short side in pixels (64)")
     q.add_argument("--workers", type=int, default=0, help="processes (0: one per CPU)")
-    q.set_defaults(run=run)
+    q.set_defaults(run=run_prepare)
+    c = tasks.add_parser("cache", help="decode a config's data into the tensor pipeline's cache")
+    c.add_argument("--config", help="YAML config (default: the paper recipe)")
+    c.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. data.root=/data/in100 data.num_workers=8")
+    c.set_defaults(run=run_cache)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_prepare(args: argparse.Namespace) -> int:
     counts = prepare_imagenet(args.src, args.dst, args.classes, args.workers, args.size)
     print(f"written {counts['written']}, already there {counts['skipped']}, failed {counts['failed']}")
     return 1 if counts["failed"] else 0
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from condnet.engine.loaders import build_caches  # brings in torch only when needed
+
+    cfg = load_config(args.config, parse_assignments(args.set))
+    for name, (folder, cached) in build_caches(cfg, progress=sys.stderr.isatty()).items():
+        print(f"{name}: {len(cached)} images {cached.images.shape[1]}x{cached.images.shape[2]}, "
+              f"{len(cached.skipped)} unreadable left out, in {folder}")  # fmt: skip
+    return 0

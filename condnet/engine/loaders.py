@@ -7,12 +7,20 @@ rank its shard) and transformed there in whole batches (`condnet.data.tensor_loa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from condnet.config import Config
-from condnet.data.cache import cache_folder, load_cached
-from condnet.data.datasets import ShardSampler, SplitDataset, make_datasets, make_loader
+from condnet.data.cache import CachedSplit, cache_folder, load_cached
+from condnet.data.datasets import (
+    ShardSampler,
+    SplitDataset,
+    load_splits,
+    make_datasets,
+    make_loader,
+)
 from condnet.data.sources import Split
 from condnet.data.tensor_loader import DeviceSplit, TensorLoader
 from condnet.engine.runtime import Runtime
@@ -32,6 +40,18 @@ def split_data(cfg: Config, rt: Runtime, split: Split, name: str, progress: bool
     cached = load_cached(split, cache_folder(d, name, cfg.run.seed), d.resize, d.crop,
                          d.on_bad_image, d.num_workers, progress and main, main, main)  # fmt: skip
     return DeviceSplit.from_cache(cached, rt.device, rt.dist.rank, rt.dist.world)
+
+
+def build_caches(cfg: Config, progress: bool = False) -> dict[str, tuple[Path, CachedSplit]]:
+    """Both splits decoded into the tensor pipeline's cache now, as a run of `cfg` would on
+    its start (reused when current): {"train": (folder, cache), "val": (folder, cache)}."""
+    d, seed = cfg.data, cfg.run.seed
+    caches = {}
+    for name, split in zip(("train", "val"), load_splits(d, seed)):
+        folder = cache_folder(d, name, seed)
+        caches[name] = folder, load_cached(split, folder, d.resize, d.crop, d.on_bad_image,
+                                           d.num_workers, progress)  # fmt: skip
+    return caches
 
 
 def train_loader(cfg: Config, data: Data, rt: Runtime, epoch: int,
