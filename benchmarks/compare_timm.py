@@ -27,6 +27,7 @@ fraction of this machine's fp32 matrix-multiply rate, measured here with `torch.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -156,8 +157,13 @@ def matmul_gflops(size: int = 1024, iters: int = 10) -> float:
     return 2 * size**3 / timed(lambda: torch.mm(a, b), iters) / 1e9
 
 
+@functools.cache
+def macs_per_image(block: str, resolution: int) -> int:
+    return profile(condnet.build_model(f"paper-{block}"), resolution).full_total()["macs"]
+
+
 def gflops(block: str, metric: str, value: float, resolution: int) -> float:
-    macs = profile(condnet.build_model(f"paper-{block}"), resolution).full_total()["macs"]
+    macs = macs_per_image(block, resolution)
     images_per_s = 1e3 / value if metric == "latency1" else value
     return 2 * macs * (3 if metric == "train" else 1) * images_per_s / 1e9
 

@@ -83,11 +83,16 @@ def test_formulations_agree_on_a_whole_network_with_gradients():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def spy_conv2d(monkeypatch, record) -> list:
+    """Every later `F.conv2d` call appends `record(args, kwargs)` to the returned list."""
+    calls, real = [], F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *a, **k: calls.append(record(a, k)) or real(*a, **k))
+    return calls
+
+
 def test_batched_formulation_has_no_batch_dependent_groups(monkeypatch):
     layer = CondConv2d(6, 6, 3, groups=6, num_experts=4, formulation="batched")
-    groups = []
-    real = F.conv2d
-    monkeypatch.setattr(F, "conv2d", lambda *a, **k: groups.append(k["groups"]) or real(*a, **k))
+    groups = spy_conv2d(monkeypatch, lambda a, k: k["groups"])
     for batch in (1, 5):
         layer(torch.randn(batch, 6, 5, 5), torch.rand(batch, 4))
     assert set(groups) == {6}  # the plain conv's groups, whatever the batch
@@ -95,9 +100,7 @@ def test_batched_formulation_has_no_batch_dependent_groups(monkeypatch):
 
 def test_batch_one_is_one_plain_conv(monkeypatch):
     layer = CondConv2d(6, 8, 3, num_experts=4)
-    calls = []
-    real = F.conv2d
-    monkeypatch.setattr(F, "conv2d", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    calls = spy_conv2d(monkeypatch, lambda a, k: a[1].shape)
     layer(torch.randn(1, 6, 5, 5), torch.rand(1, 4))
     assert calls == [torch.Size([8, 6, 3, 3])]  # one conv with a plain conv's weight shape
 
@@ -124,8 +127,6 @@ def test_experts_initialised_independently():
 
 def test_auto_picks_the_stacked_form_for_small_1x1_maps(monkeypatch):
     layer = CondConv2d(6, 8, 1, num_experts=4)
-    shapes = []
-    real = F.conv2d
-    monkeypatch.setattr(F, "conv2d", lambda *a, **k: shapes.append(a[1].shape) or real(*a, **k))
+    shapes = spy_conv2d(monkeypatch, lambda a, k: a[1].shape)
     layer(torch.randn(5, 6, 4, 4), torch.rand(5, 4))
     assert shapes == [torch.Size([8, 24, 1, 1])]  # one dense conv over 4 scaled input copies

@@ -34,24 +34,26 @@ def split_data(cfg: Config, rt: Runtime, split: Split, name: str, progress: bool
     if cfg.data.pipeline == "torchvision":
         train_set, val_set = make_datasets(cfg.data, split, split)
         return train_set if name == "train" else val_set
-    d = cfg.data
     # Rank 0 builds the cache when it is missing or stale; the others wait for it.
     main = rt.dist.main
-    cached = load_cached(split, cache_folder(d, name, cfg.run.seed), d.resize, d.crop,
-                         d.on_bad_image, d.num_workers, progress and main, main, main)  # fmt: skip
+    _, cached = _cached(cfg, split, name, progress and main, build=main)
     return DeviceSplit.from_cache(cached, rt.device, rt.dist.rank, rt.dist.world)
+
+
+def _cached(cfg: Config, split: Split, name: str, progress: bool,
+            build: bool = True) -> tuple[Path, CachedSplit]:  # fmt: skip
+    """The cache folder of split `name` and its contents (built there first when `build`)."""
+    d = cfg.data
+    folder = cache_folder(d, name, cfg.run.seed)
+    return folder, load_cached(split, folder, d.resize, d.crop, d.on_bad_image, d.num_workers,
+                               progress, build, build)  # fmt: skip
 
 
 def build_caches(cfg: Config, progress: bool = False) -> dict[str, tuple[Path, CachedSplit]]:
     """Both splits decoded into the tensor pipeline's cache now, as a run of `cfg` would on
     its start (reused when current): {"train": (folder, cache), "val": (folder, cache)}."""
-    d, seed = cfg.data, cfg.run.seed
-    caches = {}
-    for name, split in zip(("train", "val"), load_splits(d, seed)):
-        folder = cache_folder(d, name, seed)
-        caches[name] = folder, load_cached(split, folder, d.resize, d.crop, d.on_bad_image,
-                                           d.num_workers, progress)  # fmt: skip
-    return caches
+    splits = zip(("train", "val"), load_splits(cfg.data, cfg.run.seed))
+    return {name: _cached(cfg, split, name, progress) for name, split in splits}
 
 
 def train_loader(cfg: Config, data: Data, rt: Runtime, epoch: int,
