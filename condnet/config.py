@@ -75,6 +75,9 @@ class TrainConfig:
     weight_decay: float = _spec(5e-5, min=0.0)
     label_smoothing: float = _spec(0.0, min=0.0, max=1.0)
     routing_lr_scale: float = _spec(1.0, min=0.0)  # CondConv routing layers' rate multiplier
+    routing_warmup_epochs: float = _spec(0.0, min=0.0)  # routers' rate ramps from 0 over these
+    routing_temperature: float = _spec(1.0, min=1.0)  # routers' initial temperature ...
+    routing_anneal_epochs: float = _spec(0.0, min=0.0)  # ... down to 1 over these epochs
 
 
 @dataclass
@@ -87,6 +90,7 @@ class RunConfig:
     compile: bool = _spec(False)
     compile_mode: str = _spec("default", choices=COMPILE_MODES)  # reduce-overhead: CUDA graphs
     threads: int = _spec(0, min=0)  # CPU threads for torch (0: torch's default)
+    routing_stats_every: int = _spec(10, min=0)  # CondConv diagnostics: steps between samples (0: off)
 
 
 @dataclass

@@ -8,6 +8,7 @@ COMMANDS = [
     "evaluate",
     "data",
     "reproduce",
+    "routing",
     "export",
     "predict",
     "bench",

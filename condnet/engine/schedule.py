@@ -1,4 +1,4 @@
-"""Learning-rate schedule: a pure function of the epoch (SPEC section 4)."""
+"""Schedules: the learning rate (the paper's recipe) and CondConv routing, pure functions of the epoch."""
 
 from __future__ import annotations
 
@@ -21,3 +21,19 @@ def lr_at(epoch: float, cfg: TrainConfig) -> float:
     span = max(cfg.epochs - 1 - warm, 1)
     progress = min((epoch - warm) / span, 1.0)
     return cfg.lr_final + 0.5 * (cfg.lr_peak - cfg.lr_final) * (1 + math.cos(math.pi * progress))
+
+
+def routing_temperature_at(epoch: float, cfg: TrainConfig) -> float:
+    """The routers' temperature: `routing_temperature` at epoch 0, linearly down to 1 at
+    `routing_anneal_epochs` (1 from the start when that is 0)."""
+    if epoch >= cfg.routing_anneal_epochs:
+        return 1.0
+    return cfg.routing_temperature + (1.0 - cfg.routing_temperature) * epoch / cfg.routing_anneal_epochs
+
+
+def routing_lr_factor(epoch: float, cfg: TrainConfig) -> float:
+    """Multiplies the routers' learning rate: 0 at epoch 0, linearly up to 1 at
+    `routing_warmup_epochs` (1 from the start when that is 0)."""
+    if epoch >= cfg.routing_warmup_epochs:
+        return 1.0
+    return epoch / cfg.routing_warmup_epochs

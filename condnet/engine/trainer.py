@@ -14,10 +14,11 @@ from torch import nn
 from tqdm import tqdm
 
 import condnet
-from condnet.config import Config, from_dict
+from condnet.config import Config, TrainConfig, from_dict
 from condnet.data.datasets import load_splits
 from condnet.engine import distributed
 from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from condnet.engine.diagnostics import RoutingLog, RoutingMonitor, has_routing
 from condnet.engine.loaders import Loader, eval_loader, split_data, train_loader
 from condnet.engine.metrics import MetricsLog, correct_topk, truncate_metrics
 from condnet.engine.runtime import (
@@ -28,7 +29,7 @@ from condnet.engine.runtime import (
     seed_epoch,
     set_rng_state,
 )
-from condnet.engine.schedule import lr_at
+from condnet.engine.schedule import lr_at, routing_lr_factor, routing_temperature_at
 from condnet.engine.signals import Interrupted, StopSignals
 from condnet.errors import CondnetError
 from condnet.models import CondNet, Routing, build_model
@@ -40,9 +41,12 @@ def _progress(iterable, total: int, desc: str, enabled: bool) -> Any:
 
 def train_one_epoch(
     model: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, rt: Runtime,
-    cfg: Config, epoch: int, progress: bool, stop: StopSignals,
+    cfg: Config, epoch: int, progress: bool, stop: StopSignals, monitor: RoutingMonitor | None = None,
 ) -> tuple[float, int, int]:  # fmt: skip
-    """One pass over `loader`. Returns (mean loss, images seen, images skipped)."""
+    """One pass over `loader`. Returns (mean loss, images seen, images skipped).
+
+    `monitor` samples routing statistics after the backward pass of every few steps.
+    """
     model.train()
     loss_sum = torch.zeros((), device=rt.device)
     seen = skipped = 0
@@ -50,7 +54,7 @@ def train_one_epoch(
     for step, (images, labels, bad) in enumerate(bar):
         stop.check()
         if cfg.train.lr_per_step:
-            set_lr(optimizer, lr_at(epoch + step / len(loader), cfg.train))
+            apply_schedule(model, optimizer, epoch + step / len(loader), cfg.train)
         skipped += _bad_images(bad, cfg)
         if labels.numel() == 0:
             continue
@@ -59,6 +63,8 @@ def train_one_epoch(
             loss = F.cross_entropy(model(images), labels, label_smoothing=cfg.train.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if monitor is not None:
+            monitor.train_step(step)
         optimizer.step()
         loss_sum += loss.detach() * labels.shape[0]
         seen += labels.shape[0]
@@ -71,9 +77,22 @@ def train_one_epoch(
     return loss_total / max(seen_total, 1), int(seen_total), int(skipped_total)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, routing_factor: float = 1.0) -> None:
+    """`lr` times each group's `lr_scale` (and `routing_factor` for the routers' group)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
+        group["lr"] = lr * group["lr_scale"] * (routing_factor if group.get("routing") else 1.0)
+
+
+def apply_schedule(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: float, cfg: TrainConfig) -> float:
+    """Set the learning rates and the routers' temperature for (fractional) `epoch`; returns
+    the base learning rate."""
+    lr = lr_at(epoch, cfg)
+    set_lr(optimizer, lr, routing_lr_factor(epoch, cfg))
+    temperature = routing_temperature_at(epoch, cfg)
+    for module in model.modules():
+        if isinstance(module, Routing):
+            module.temperature.fill_(temperature)
+    return lr
 
 
 def _bad_images(messages: list[str], cfg: Config) -> int:
@@ -84,12 +103,18 @@ def _bad_images(messages: list[str], cfg: Config) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Loader, rt: Runtime, progress: bool = False) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: Loader, rt: Runtime, progress: bool = False,
+    monitor: RoutingMonitor | None = None,
+) -> dict[str, float]:  # fmt: skip
     """Loss, top-1 and top-5 (percent) over the loader's examples, summed over all ranks.
 
-    Rows labelled -100 (padding of a fixed-shape last batch) count nowhere.
+    Rows labelled -100 (padding of a fixed-shape last batch) count nowhere. `monitor` collects
+    the routing weights of every example.
     """
     model.eval()
+    if monitor is not None:
+        monitor.start_eval()
     sums = torch.zeros(4, device=rt.device)  # loss, top-1 hits, top-5 hits, count
     for images, labels, _ in _progress(loader, len(loader), "eval", progress):
         if labels.numel() == 0:
@@ -97,6 +122,8 @@ def evaluate(model: nn.Module, loader: Loader, rt: Runtime, progress: bool = Fal
         images, labels = rt.to_device(images, labels)
         with rt.autocast():
             logits = model(images).float()
+        if monitor is not None:
+            monitor.observe_eval(labels)
         sums[0] += F.cross_entropy(logits, labels, reduction="sum")
         sums[1:3] += correct_topk(logits, labels)
         sums[3] += (labels >= 0).sum()
@@ -121,7 +148,8 @@ def make_optimizer(model: nn.Module, cfg: Config, fused: bool = False) -> torch.
     routing = {id(p) for m in model.modules() if isinstance(m, Routing) for p in m.parameters()}
     groups = [
         {"params": [p for p in model.parameters() if id(p) not in routing], "lr_scale": 1.0},
-        {"params": [p for p in model.parameters() if id(p) in routing], "lr_scale": t.routing_lr_scale},
+        {"params": [p for p in model.parameters() if id(p) in routing], "lr_scale": t.routing_lr_scale,
+         "routing": True},
     ]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=t.lr_start, momentum=t.momentum,
                            nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay,
@@ -196,12 +224,14 @@ def train(
     start, metrics, best = _restore(out, model, optimizer) if resume else (0, [], -math.inf)
     place_model(model, rt)
     _optimizer_to(optimizer, rt.device)
+    monitor = _monitor(model, cfg, len(train_split.class_names))
     net = _wrap(model, cfg, rt)
     save = _saver(out, model, optimizer, cfg, train_split.class_names, rt)
     if rt.dist.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
         truncate_metrics(out, start)
+        RoutingLog(out).truncate(start)
     if not resume:
         save(-1, metrics, best, best=False)  # resumable from the very start
     log = MetricsLog(out) if rt.dist.main else None
@@ -210,10 +240,12 @@ def train(
     try:
         with StopSignals() as stop:
             for epoch in range(start, end):
-                record = _run_epoch(net, optimizer, cfg, rt, train_set, val_loader, epoch, progress, stop)
+                record = _run_epoch(net, optimizer, cfg, rt, train_set, val_loader, epoch, progress, stop, monitor)
                 metrics.append(record)
+                routing = monitor.epoch_records(epoch, lambda t: distributed.sum_across(t, rt.dist)) if monitor else []
                 if log is not None:
                     log.append(record)
+                    RoutingLog(out).append(routing)
                     print(_log_line(record, cfg.train.epochs), flush=True)
                 save(epoch, metrics, max(best, record["val_top1"]), best=record["val_top1"] > best)
                 best = max(best, record["val_top1"])
@@ -248,21 +280,27 @@ def _saver(out: Path, model: CondNet, optimizer, cfg: Config, class_names, rt: R
     return save
 
 
+def _monitor(model: CondNet, cfg: Config, num_classes: int) -> RoutingMonitor | None:
+    """Routing diagnostics for a network with CondConv routers, unless turned off."""
+    if not cfg.run.routing_stats_every or not has_routing(model):
+        return None
+    return RoutingMonitor(model, num_classes, cfg.run.routing_stats_every)
+
+
 def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, epoch: int,
-               progress: bool, stop: StopSignals) -> dict[str, Any]:  # fmt: skip
-    lr = lr_at(epoch, cfg.train)
-    set_lr(optimizer, lr)
+               progress: bool, stop: StopSignals, monitor: RoutingMonitor | None) -> dict[str, Any]:  # fmt: skip
+    lr = apply_schedule(net, optimizer, epoch, cfg.train)
     generator = seed_epoch(cfg.run.seed, epoch, rt.dist.rank)
     loader = train_loader(cfg, train_set, rt, epoch, generator)
     started = time.perf_counter()
-    loss, seen, skipped = train_one_epoch(net, loader, optimizer, rt, cfg, epoch, progress, stop)
+    loss, seen, skipped = train_one_epoch(net, loader, optimizer, rt, cfg, epoch, progress, stop, monitor)
     train_seconds = time.perf_counter() - started
     if not math.isfinite(loss):
         raise CondnetError(f"training loss became {loss} in epoch {epoch + 1}; stopped, "
                            "the last good checkpoint is kept (try a lower train.lr_peak)")  # fmt: skip
     if skipped:
         print(f"warning: epoch {epoch + 1}: skipped {skipped} unreadable images", file=sys.stderr)
-    val = evaluate(net, val_loader, rt, progress)
+    val = evaluate(net, val_loader, rt, progress, monitor)
     return {
         "epoch": epoch, "lr": lr, "train_loss": loss, "val_loss": val["loss"],
         "val_top1": val["top1"], "val_top5": val["top5"],

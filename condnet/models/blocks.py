@@ -4,7 +4,7 @@ Every block has the same constructor signature, so the builder (and a user exten
 registry) can swap them per stage:
 
     Block(in_channels, out_channels, stride, *, expansion, kernel_size, se_ratio,
-          num_experts, routing, act_layer, norm_layer)
+          num_experts, routing, routing_activation, act_layer, norm_layer)
 
 Expanded width Ne = expansion * in_channels; identity path exactly when in == out and stride 1.
 """
@@ -55,12 +55,14 @@ class CondConvNormAct(nn.Module):
         groups: int = 1,
         num_experts: int = 4,
         own_routing: bool = False,
+        routing_activation: str = "sigmoid",
         act_layer: LayerFactory | None = nn.ReLU,
         norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         self.conv = CondConv2d(
-            in_channels, out_channels, kernel_size, stride, None, groups, num_experts, own_routing
+            in_channels, out_channels, kernel_size, stride, None, groups, num_experts, own_routing,
+            routing_activation=routing_activation,
         )
         self.bn = norm_layer(out_channels)
         self.act = act_layer(inplace=True) if act_layer else nn.Identity()
@@ -101,6 +103,7 @@ class StandardBlock(nn.Module):
         se_ratio: int = 4,
         num_experts: int = 4,
         routing: str = "block",
+        routing_activation: str = "sigmoid",
         act_layer: LayerFactory = nn.ReLU,
         norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
@@ -143,6 +146,7 @@ class CondConvBlock(nn.Module):
         se_ratio: int = 4,
         num_experts: int = 4,
         routing: str = "block",
+        routing_activation: str = "sigmoid",
         act_layer: LayerFactory = nn.ReLU,
         norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
@@ -151,8 +155,11 @@ class CondConvBlock(nn.Module):
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.has_identity = in_channels == out_channels and stride == 1
         own = routing == "conv"
-        self.routing = None if own else Routing(in_channels, num_experts)
-        cond = dict(num_experts=num_experts, own_routing=own, norm_layer=norm_layer)
+        self.routing = None if own else Routing(in_channels, num_experts, routing_activation)
+        cond = dict(
+            num_experts=num_experts, own_routing=own, routing_activation=routing_activation,
+            norm_layer=norm_layer,
+        )
         self.expand = CondConvNormAct(in_channels, inner, 1, act_layer=act_layer, **cond)
         self.depthwise = CondConvNormAct(
             inner, inner, kernel_size, stride, groups=inner, act_layer=act_layer, **cond

@@ -34,17 +34,37 @@ FORMULATIONS = ("auto", "grouped", "batched")
 STACKED_MAX_PIXELS = 16
 
 
+ROUTING_ACTIVATIONS = ("sigmoid", "softmax")
+
+
 class Routing(nn.Module):
-    """Routing weights ``r = sigmoid(Linear(global_avg_pool(x)))``, one per expert and example."""
+    """Routing weights ``r = activation(Linear(global_avg_pool(x)) / temperature)``, one per
+    expert and example.
+
+    `activation` is ``sigmoid`` (the paper: each weight in (0, 1) on its own) or ``softmax``
+    (the weights sum to one, as in Dynamic Convolution). `temperature` is a buffer, 1 unless a
+    training schedule anneals it (a high temperature makes every routing weight nearly equal);
+    it is saved with the weights, so a checkpoint computes what it computed in training.
+    """
 
     complexity_kind = "routing"
 
-    def __init__(self, in_channels: int, num_experts: int) -> None:
+    def __init__(self, in_channels: int, num_experts: int, activation: str = "sigmoid") -> None:
         super().__init__()
+        if activation not in ROUTING_ACTIVATIONS:
+            raise CondnetError(
+                f"Routing: activation must be one of {', '.join(ROUTING_ACTIVATIONS)}; got {activation!r}"
+            )
+        self.activation = activation
         self.fc = nn.Linear(in_channels, num_experts)
+        self.register_buffer("temperature", torch.ones(()))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(self.fc(x.mean((2, 3))))
+        logits = self.fc(x.mean((2, 3))) / self.temperature
+        return torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}"
 
 
 class CondConv2d(nn.Module):
@@ -70,6 +90,7 @@ class CondConv2d(nn.Module):
         own_routing: bool = False,
         bias: bool = False,
         formulation: str = "auto",
+        routing_activation: str = "sigmoid",
     ) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
@@ -92,7 +113,7 @@ class CondConv2d(nn.Module):
             self.bias = nn.Parameter(torch.zeros(out_channels))
         else:
             self.register_parameter("bias", None)
-        self.router = Routing(in_channels, num_experts) if own_routing else None
+        self.router = Routing(in_channels, num_experts, routing_activation) if own_routing else None
         self.formulation = formulation
         self.reset_parameters()
 

@@ -62,6 +62,7 @@ def _build_stage(in_channels: int, stage: StageSpec, **layer: LayerFactory) -> n
         se_ratio=stage.se_ratio,
         num_experts=stage.num_experts,
         routing=stage.routing,
+        routing_activation=stage.routing_activation,
         **layer,
     )
     blocks = [block(in_channels, stage.channels, stage.stride, **options)]

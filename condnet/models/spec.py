@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from condnet.errors import CondnetError
+from condnet.models.condconv import ROUTING_ACTIVATIONS
 
 ROUTINGS = ("block", "conv")
 
@@ -49,8 +50,9 @@ class StemSpec:
 class StageSpec:
     """`repeats` blocks of one kind; the first has `stride` and changes the width to `channels`.
 
-    Expanded width Ne = expansion * Ni; SE width = Ne // se_ratio; `num_experts` and `routing`
-    apply to the `condconv` block only (`routing`: one router per block, or one per conv).
+    Expanded width Ne = expansion * Ni; SE width = Ne // se_ratio; `num_experts`, `routing` and
+    `routing_activation` apply to the `condconv` block only (`routing`: one router per block, or
+    one per conv; `routing_activation`: sigmoid as in the paper, or softmax).
     """
 
     channels: int
@@ -62,6 +64,7 @@ class StageSpec:
     se_ratio: int = 4
     num_experts: int = 4
     routing: str = "block"
+    routing_activation: str = "sigmoid"
 
     def validate(self, where: str = "stage") -> None:
         from condnet.models.blocks import BLOCKS  # the registry owns the list of kinds
@@ -75,6 +78,7 @@ class StageSpec:
         _check_int(f"{where}.se_ratio", self.se_ratio)
         _check_int(f"{where}.num_experts", self.num_experts)
         _check_choice(f"{where}.routing", self.routing, ROUTINGS)
+        _check_choice(f"{where}.routing_activation", self.routing_activation, ROUTING_ACTIVATIONS)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ STAGE_KEYS = {
     "se_ratio": "se_ratio",
     "num_experts": "num_experts",
     "routing": "routing",
+    "routing_activation": "routing_activation",
 }
 GLOBAL_KEYS = {
     "in_channels": ("in_channels",),

@@ -1,0 +1,247 @@
+"""Routing diagnostics of a CondConv network, per block: what its routers do, and what follows.
+
+Validation, every epoch: the routing weights' mean and spread (over examples and experts, and
+across examples per expert), the fractions below 0.05 and above 0.95, the entropy over experts
+(of the weights normalised to sum to one, divided by log M: 1 when every expert weighs the
+same), the mean weight per expert, and the mean routing weight per class.
+
+Training, every `every` steps, on the step's batch: the same saturation figures, the ratio of
+gradient norm to weight norm for the routers and for the CondConv experts, the norm of the
+per-example mixed kernel relative to the experts' (1 at initialisation; 0 when every routing
+weight is 0), and the smallest and largest BN running variance in the block.
+
+Everything stays on the device until the epoch ends (one host copy per epoch). `RoutingLog`
+appends the records to `routing.jsonl` in the run folder, one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from condnet.models.condconv import CondConv2d, Routing
+
+LOW, HIGH = 0.05, 0.95
+VAL_KEYS = ("mean", "std", "example_std", "low", "high", "entropy")
+TRAIN_KEYS = ("mean", "low", "high", "entropy", "grad_ratio_routing", "grad_ratio_experts",
+              "kernel_norm_mean", "kernel_norm_min", "bn_var_min", "bn_var_max")  # fmt: skip
+
+
+@dataclass
+class BlockProbe:
+    """One block's routers, the CondConvs they route (with each one's router) and its BNs."""
+
+    name: str
+    routers: list[Routing]
+    convs: list[tuple[CondConv2d, int]]  # (layer, index of its router in `routers`)
+    norms: list[nn.BatchNorm2d]
+    outputs: dict[int, Tensor] = field(default_factory=dict)  # router index -> last output
+
+    def weights(self) -> Tensor:
+        """The last forward's routing weights, (batch, routers * experts)."""
+        return torch.cat([self.outputs[i] for i in range(len(self.routers))], dim=1)
+
+
+def _blocks_with_routing(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The outermost modules below the network's stages that hold routers (the blocks)."""
+    found = []
+    for name, module in model.named_modules():
+        inside = any(name.startswith(prefix + ".") for prefix, _ in found)
+        if not inside and name.count(".") >= 2 and any(isinstance(m, Routing) for m in module.modules()):
+            found.append((name, module))
+    if not found:  # a user's model without stages: each module owning routers directly
+        found = [(n, m) for n, m in model.named_modules() if any(isinstance(c, Routing) for c in m.children())]
+    return found
+
+
+def _probe(name: str, block: nn.Module) -> BlockProbe:
+    routers = [m for m in block.modules() if isinstance(m, Routing)]
+    shared = getattr(block, "routing", None)
+    convs = []
+    for layer in (m for m in block.modules() if isinstance(m, CondConv2d)):
+        router = layer.router if layer.router is not None else shared
+        convs.append((layer, routers.index(router)))
+    norms = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
+    return BlockProbe(name, routers, convs, norms)
+
+
+def routing_figures(weights: Tensor, num_experts: int) -> Tensor:
+    """[mean, low, high, entropy] of routing weights (batch, routers * experts), on the device."""
+    grouped = weights.float().reshape(weights.shape[0], -1, num_experts)
+    share = grouped / grouped.sum(-1, keepdim=True).clamp_min(1e-12)
+    entropy = -(share * share.clamp_min(1e-12).log()).sum(-1) / math.log(num_experts) if num_experts > 1 else share[..., 0] * 0 + 1
+    return torch.stack([weights.mean(), (weights < LOW).float().mean(), (weights > HIGH).float().mean(), entropy.mean()])
+
+
+def mixed_kernel_norms(layer: CondConv2d, weights: Tensor) -> Tensor:
+    """Per example, ``||sum_m r_m W_m|| / sqrt(mean_m ||W_m||^2)``, from the experts' Gram matrix."""
+    experts = layer.weight.detach().float().reshape(layer.num_experts, -1)
+    gram = experts @ experts.T
+    squared = torch.einsum("nm,mk,nk->n", weights.float(), gram, weights.float())
+    return (squared.clamp_min(0) / gram.diagonal().mean().clamp_min(1e-30)).sqrt()
+
+
+def _norm_ratio(params: list[Tensor]) -> Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    grad = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    weight = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in params]))
+    return grad / weight.clamp_min(1e-30)
+
+
+class RoutingMonitor:
+    """Collects the statistics above for every block of `model` that routes (see module doc).
+
+    Forward hooks on the routers keep each one's last output; the trainer calls `train_step`
+    after each backward pass and `observe_eval` after each validation batch.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, every: int = 10) -> None:
+        self.blocks = [_probe(name, block) for name, block in _blocks_with_routing(model)]
+        self.num_experts = self.blocks[0].routers[0].fc.out_features if self.blocks else 1
+        self.num_classes, self.every = num_classes, max(every, 1)
+        self._hooks = [
+            router.register_forward_hook(self._keeper(block, i))
+            for block in self.blocks
+            for i, router in enumerate(block.routers)
+        ]
+        self._train: list[tuple[int, Tensor]] = []
+        self._val: list[dict[str, Tensor]] | None = None
+
+    @staticmethod
+    def _keeper(block: BlockProbe, index: int):
+        def hook(module: nn.Module, inputs: Any, output: Tensor) -> None:
+            block.outputs[index] = output.detach()
+
+        return hook
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+    # Training side ---------------------------------------------------------------------------
+
+    def train_step(self, step: int) -> None:
+        """After a backward pass: sample the block statistics every `every` steps."""
+        if step % self.every or not self.blocks:
+            return
+        rows = [self._train_row(block) for block in self.blocks]
+        self._train.append((step, torch.stack(rows)))
+
+    def _train_row(self, block: BlockProbe) -> Tensor:
+        weights = block.weights()
+        m = self.num_experts
+        norms = torch.stack([mixed_kernel_norms(conv, weights[:, i * m:(i + 1) * m]) for conv, i in block.convs])
+        variances = torch.cat([bn.running_var.detach().float() for bn in block.norms])
+        router_params = [p for r in block.routers for p in r.parameters()]
+        expert_params = [conv.weight for conv, _ in block.convs]
+        device = weights.device
+        return torch.cat([
+            routing_figures(weights, m),
+            torch.stack([_norm_ratio(router_params).to(device), _norm_ratio(expert_params).to(device),
+                         norms.mean(), norms.min(), variances.min().to(device), variances.max().to(device)]),
+        ])  # fmt: skip
+
+    # Validation side -------------------------------------------------------------------------
+
+    def start_eval(self) -> None:
+        self._val = []
+        for block in self.blocks:
+            width = len(block.routers) * self.num_experts
+            device = block.routers[0].fc.weight.device
+            self._val.append({
+                "sum": torch.zeros(width, device=device, dtype=torch.float64),
+                "squares": torch.zeros(width, device=device, dtype=torch.float64),
+                "figures": torch.zeros(4, device=device, dtype=torch.float64),  # summed per example
+                "per_class": torch.zeros(self.num_classes, width, device=device, dtype=torch.float64),
+                "class_count": torch.zeros(self.num_classes, device=device, dtype=torch.float64),
+            })  # fmt: skip
+
+    def observe_eval(self, labels: Tensor) -> None:
+        """After a validation forward pass: add its routing weights (rows labelled < 0 ignored)."""
+        if self._val is None:
+            return
+        keep = labels >= 0
+        labels = labels[keep]
+        if labels.numel() == 0:
+            return
+        for block, acc in zip(self.blocks, self._val):
+            weights = block.weights()[keep].double()
+            acc["sum"] += weights.sum(0)
+            acc["squares"] += (weights * weights).sum(0)
+            acc["figures"] += routing_figures(weights, self.num_experts).double() * labels.numel()
+            acc["per_class"].index_add_(0, labels, weights)
+            acc["class_count"] += torch.bincount(labels, minlength=self.num_classes).double()
+
+    def epoch_records(self, epoch: int, reduce: Any = None) -> list[dict[str, Any]]:
+        """The epoch's training samples and validation summary as JSON-ready records.
+
+        `reduce(tensor)` sums a validation accumulator over processes (DDP); the one host copy
+        of the epoch happens here.
+        """
+        records = [{"phase": "train", "epoch": epoch, "step": step,
+                    "blocks": self._block_dicts(rows.tolist(), TRAIN_KEYS)} for step, rows in self._train]  # fmt: skip
+        self._train = []
+        if self._val is not None:
+            records.append(self._val_record(epoch, reduce))
+            self._val = None
+        return records
+
+    def _val_record(self, epoch: int, reduce: Any) -> dict[str, Any]:
+        blocks, per_class = [], []
+        for block, acc in zip(self.blocks, self._val):
+            if reduce is not None:
+                acc = {key: reduce(value) for key, value in acc.items()}
+            count = acc["class_count"].sum().clamp_min(1)
+            means = acc["sum"] / count
+            example_std = (acc["squares"] / count - means**2).clamp_min(0).sqrt()
+            overall_mean = means.mean()
+            overall_std = ((acc["squares"] / count).mean() - overall_mean**2).clamp_min(0).sqrt()
+            figures = (acc["figures"] / count).tolist()
+            blocks.append({
+                "block": block.name, "mean": overall_mean.item(), "std": overall_std.item(),
+                "example_std": example_std.mean().item(), "low": figures[1], "high": figures[2],
+                "entropy": figures[3], "expert_means": means.tolist(),
+            })  # fmt: skip
+            per_class.append((acc["per_class"] / acc["class_count"][:, None].clamp_min(1)).tolist())
+        return {"phase": "val", "epoch": epoch, "blocks": blocks, "per_class": per_class}
+
+    def _block_dicts(self, rows: list[list[float]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [{"block": block.name, **dict(zip(keys, row))} for block, row in zip(self.blocks, rows)]
+
+
+def has_routing(model: nn.Module) -> bool:
+    return any(isinstance(m, Routing) for m in model.modules())
+
+
+class RoutingLog:
+    """`routing.jsonl` in a run folder: appended per epoch, cut back on resume."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / "routing.jsonl"
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        with self.path.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+
+    def truncate(self, epochs: int) -> None:
+        """Keep the records of the first `epochs` epochs (a resumed run rewrites the rest)."""
+        if self.path.exists():
+            kept = [r for r in read_routing(self.path.parent) if r["epoch"] < epochs]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def read_routing(out: str | Path) -> list[dict[str, Any]]:
+    path = Path(out) / "routing.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

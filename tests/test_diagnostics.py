@@ -1,0 +1,162 @@
+"""Routing diagnostics: the statistics on hand-built cases, the run folder's routing.jsonl, the figures."""
+
+import json
+import math
+
+import pytest
+import torch
+from helpers import tiny_config
+
+from condnet.cli import main
+from condnet.engine.diagnostics import RoutingMonitor, mixed_kernel_norms, read_routing, routing_figures
+from condnet.engine.trainer import build_network, evaluate, resume_config, train
+from condnet.models.condconv import CondConv2d
+
+
+def test_routing_figures_by_hand():
+    weights = torch.tensor([[0.01, 0.99, 0.5, 0.5], [0.25, 0.25, 0.25, 0.25]])
+    mean, low, high, entropy = routing_figures(weights, 4).tolist()
+    assert mean == pytest.approx(weights.mean().item())
+    assert low == pytest.approx(1 / 8) and high == pytest.approx(1 / 8)
+    share = weights[0] / weights[0].sum()
+    first = -(share * share.log()).sum().item() / math.log(4)
+    assert entropy == pytest.approx((first + 1.0) / 2, rel=1e-6)  # the uniform row has entropy 1
+
+
+def test_routing_figures_per_router_when_each_conv_routes():
+    # Two routers of two experts side by side: entropy is per router, then averaged.
+    weights = torch.tensor([[1.0, 0.0, 0.5, 0.5]])
+    assert routing_figures(weights, 2)[3].item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_mixed_kernel_norms_by_hand():
+    conv = CondConv2d(2, 3, 1, num_experts=2)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0] = 3.0  # ||W_1|| = 3
+        conv.weight[1, 1, 1] = 4.0  # ||W_2|| = 4, orthogonal to W_1
+    r = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    reference = torch.stack([(conv.weight * w[:, None, None, None, None]).sum(0).norm() for w in r])
+    expected = reference / math.sqrt((9 + 16) / 2)
+    torch.testing.assert_close(mixed_kernel_norms(conv, r), expected)
+    assert mixed_kernel_norms(conv, r)[1] == 0  # every routing weight 0: the kernel collapses
+
+
+def constant_router_model(values: torch.Tensor):
+    """A tiny CondConv network whose every router returns `values[label]` for each example."""
+    cfg = tiny_config(**{"model.name": "paper-condconv"})
+    model = build_network(cfg, 4).eval()
+    for router in [m for m in model.modules() if m.__class__.__name__ == "Routing"]:
+        with torch.no_grad():
+            router.fc.weight.zero_()
+            router.fc.bias.copy_(torch.logit(values))
+    return model
+
+
+def test_validation_statistics_by_hand():
+    values = torch.tensor([0.01, 0.2, 0.97, 0.5], dtype=torch.float64)
+    model = constant_router_model(values.float())
+    monitor = RoutingMonitor(model, num_classes=3)
+    monitor.start_eval()
+    labels = torch.tensor([0, 0, 2, 1, 2])
+    with torch.no_grad():
+        model(torch.randn(5, 3, 16, 16))
+    monitor.observe_eval(labels)
+    monitor.observe_eval(torch.tensor([-100, -100, -100, -100, -100]))  # padding rows count nowhere
+    record = monitor.epoch_records(epoch=4)[-1]
+    assert record["phase"] == "val" and record["epoch"] == 4 and len(record["blocks"]) == 6
+    block = record["blocks"][0]
+    assert block["mean"] == pytest.approx(values.mean().item(), rel=1e-5)
+    assert block["std"] == pytest.approx(values.std(unbiased=False).item(), rel=1e-4)
+    assert block["example_std"] == pytest.approx(0, abs=1e-5)  # the same weights for every example
+    assert block["low"] == pytest.approx(0.25) and block["high"] == pytest.approx(0.25)
+    share = values / values.sum()
+    assert block["entropy"] == pytest.approx((-(share * share.log()).sum() / math.log(4)).item(), rel=1e-5)
+    assert block["expert_means"] == pytest.approx(values.tolist(), rel=1e-5)
+    per_class = record["per_class"][0]
+    assert per_class[0] == pytest.approx(values.tolist(), rel=1e-5) and per_class[2] == per_class[0]
+    assert per_class[1] == pytest.approx(values.tolist(), rel=1e-5)
+
+
+def test_per_class_means_follow_the_examples():
+    cfg = tiny_config(**{"model.name": "paper-condconv"})
+    model = build_network(cfg, 2).eval()
+    monitor = RoutingMonitor(model, num_classes=2)
+    monitor.start_eval()
+    images = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        model(images)
+    weights = monitor.blocks[0].weights()
+    labels = torch.tensor([0, 1, 0, 1, 1, 1])
+    monitor.observe_eval(labels)
+    record = monitor.epoch_records(0)[-1]
+    torch.testing.assert_close(torch.tensor(record["per_class"][0][1], dtype=torch.float32),
+                               weights[labels == 1].mean(0))  # fmt: skip
+
+
+def test_training_samples_every_n_steps(tmp_path):
+    cfg = tiny_config(**{"model.name": "paper-condconv", "run.routing_stats_every": 2, "train.epochs": 2})
+    train(cfg, tmp_path, progress=False)
+    records = read_routing(tmp_path)
+    steps = 192 // 32
+    train_side = [r for r in records if r["phase"] == "train"]
+    assert [(r["epoch"], r["step"]) for r in train_side] == [(e, s) for e in range(2) for s in range(0, steps, 2)]
+    assert [r["epoch"] for r in records if r["phase"] == "val"] == [0, 1]
+    sample = train_side[0]["blocks"][0]
+    assert sample["grad_ratio_routing"] > 0 and sample["grad_ratio_experts"] > 0
+    # Initial routing weights are sigmoid(~0) = 0.5 and the experts are independent: the mixed
+    # kernel's norm is about one expert's, and the BN running variances are still near 1.
+    assert sample["mean"] == pytest.approx(0.5, abs=0.02) and sample["entropy"] > 0.99
+    assert 0.7 < sample["kernel_norm_mean"] < 1.3 and 0.5 < sample["bn_var_min"] <= sample["bn_var_max"]
+
+
+def test_no_routing_log_for_blocks_without_routing_or_when_off(tmp_path):
+    train(tiny_config(), tmp_path / "se", progress=False)
+    off = tiny_config(**{"model.name": "paper-condconv", "run.routing_stats_every": 0, "train.epochs": 1})
+    train(off, tmp_path / "off", progress=False)
+    assert not (tmp_path / "se" / "routing.jsonl").exists() and not (tmp_path / "off" / "routing.jsonl").exists()
+
+
+def test_resume_rewrites_routing_log_after_the_checkpoint(tmp_path):
+    cfg = tiny_config(**{"model.name": "paper-condconv", "run.routing_stats_every": 3})
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "part", progress=False, stop_after=2)
+    with (tmp_path / "part" / "routing.jsonl").open("a") as f:  # an epoch logged but not checkpointed
+        f.write(json.dumps({"phase": "val", "epoch": 2, "blocks": [], "per_class": []}) + "\n")
+    train(resume_config(tmp_path / "part"), tmp_path / "part", resume=True, progress=False)
+    full, part = read_routing(tmp_path / "full"), read_routing(tmp_path / "part")
+    assert [(r["phase"], r["epoch"]) for r in part] == [(r["phase"], r["epoch"]) for r in full]
+
+
+def test_evaluate_with_a_monitor_gives_the_same_metrics(tmp_path):
+    from condnet.data.datasets import load_splits
+    from condnet.engine.loaders import eval_loader, split_data
+    from condnet.engine.runtime import make_runtime
+
+    cfg = tiny_config(**{"model.name": "paper-condconv"})
+    rt = make_runtime(cfg.run)
+    _, val = load_splits(cfg.data, 0)
+    loader = eval_loader(cfg, split_data(cfg, rt, val, "val"), rt)
+    model = build_network(cfg, 4)
+    plain = evaluate(model, loader, rt)
+    monitor = RoutingMonitor(model, 4)
+    assert evaluate(model, loader, rt, monitor=monitor) == plain
+    record = monitor.epoch_records(0)[-1]
+    assert len(record["per_class"][0]) == 4 and all(len(row) == 4 for row in record["per_class"][0])
+
+
+def test_routing_command_writes_figures_and_table(tmp_path, capsys):
+    cfg = tiny_config(**{"model.name": "paper-condconv", "train.epochs": 2})
+    train(cfg, tmp_path / "run", progress=False)
+    assert main(["routing", str(tmp_path / "run"), "--out", str(tmp_path / "figs")]) == 0
+    out = capsys.readouterr().out
+    assert "| stages.0.0 |" in out and "epoch 2" in out
+    for name in ("routing-classes.png", "routing-training.png"):
+        assert (tmp_path / "figs" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_routing_command_on_a_run_without_routing(tmp_path, capsys):
+    train(tiny_config(**{"train.epochs": 1}), tmp_path / "run", progress=False)
+    assert main(["routing", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no routing.jsonl" in err

@@ -1,0 +1,145 @@
+"""CondConv routing options: each against a reference, exact through fuse and ONNX, resumable."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from deploy_helpers import small_model
+from helpers import tiny_config
+
+import condnet
+from condnet.bundle import Bundle, TransformSpec
+from condnet.config import TrainConfig
+from condnet.engine.checkpoint import load_checkpoint
+from condnet.engine.schedule import routing_lr_factor, routing_temperature_at
+from condnet.engine.trainer import apply_schedule, build_network, make_optimizer, resume_config, train
+from condnet.errors import CondnetError
+from condnet.export import check_onnx, export_onnx
+from condnet.models.condconv import Routing
+from condnet.weights import save_weights
+
+OPTIONS = [("sigmoid", 1.0), ("sigmoid", 7.0), ("softmax", 1.0), ("softmax", 7.0)]
+
+
+def routers(model):
+    return [m for m in model.modules() if isinstance(m, Routing)]
+
+
+def set_temperature(model, value):
+    for router in routers(model):
+        router.temperature.fill_(value)
+    return model
+
+
+@pytest.mark.parametrize("activation, temperature", OPTIONS)
+def test_routing_against_its_formula(activation, temperature):
+    router = Routing(6, 4, activation)
+    router.temperature.fill_(temperature)
+    x = torch.randn(3, 6, 5, 5)
+    logits = (x.mean((2, 3)) @ router.fc.weight.T + router.fc.bias) / temperature
+    expected = torch.sigmoid(logits) if activation == "sigmoid" else torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True)
+    torch.testing.assert_close(router(x), expected)
+    if activation == "softmax":
+        torch.testing.assert_close(router(x).sum(1), torch.ones(3))
+
+
+def test_high_temperature_makes_routing_uniform():
+    router = Routing(6, 4, "sigmoid")
+    with torch.no_grad():
+        router.fc.weight.normal_(0, 3)
+    x = torch.randn(8, 6, 5, 5)
+    assert (router(x) - 0.5).abs().max() > 0.2
+    router.temperature.fill_(1e4)
+    assert (router(x) - 0.5).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_block_c_with_each_activation_against_per_example_kernels(activation):
+    """Block C end to end: its CondConvs mix each example's kernels from the router's weights."""
+    model = condnet.build_model("paper-condconv", num_classes=3, routing_activation=activation,
+                                **{"widths": 8, "repeats": 1, "head_channels": 16})  # fmt: skip
+    block = model.stages[1][0].eval()
+    set_temperature(block, 3.0)
+    x = torch.randn(4, 8, 6, 6)
+    pooled = x.mean((2, 3)) @ block.routing.fc.weight.T + block.routing.fc.bias
+    r = (torch.sigmoid if activation == "sigmoid" else lambda z: torch.softmax(z, 1))(pooled / 3.0)
+
+    def cond(unit, inp, act=True):
+        outs = []
+        for xi, ri in zip(inp, r):
+            w = (ri[:, None, None, None, None] * unit.conv.weight).sum(0)
+            outs.append(F.conv2d(xi[None], w, None, unit.conv.stride, unit.conv.padding, groups=unit.conv.groups))
+        return unit.act(unit.bn(torch.cat(outs)))
+
+    with torch.no_grad():
+        out = cond(block.project, block.se(cond(block.depthwise, cond(block.expand, x))))
+        torch.testing.assert_close(block(x), out + x, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_activation_is_one_line_error():
+    with pytest.raises(CondnetError, match="routing_activation: expected one of sigmoid, softmax"):
+        condnet.build_model("paper-condconv", routing_activation="tanh")
+
+
+@pytest.mark.parametrize("activation, temperature", OPTIONS)
+@pytest.mark.parametrize("routing", ["block", "conv"])
+def test_fuse_is_exact_with_each_option(activation, temperature, routing):
+    model = set_temperature(small_model("condconv", routing=routing, routing_activation=activation), temperature)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(condnet.fuse(model)(x), model(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(condnet.prepare_inference(model)(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("activation, temperature", OPTIONS)
+def test_onnx_is_exact_with_each_option(activation, temperature, tmp_path):
+    model = set_temperature(small_model("condconv", routing_activation=activation), temperature)
+    path = tmp_path / "m.onnx"
+    export_onnx(Bundle(model, [str(i) for i in range(model.num_classes)], TransformSpec(resize=40, crop=32)), path)
+    differences = check_onnx(path, model, batches=(1, 7, 64))
+    assert max(differences.values()) <= 1e-4
+
+
+def test_temperature_travels_with_the_weights(tmp_path):
+    model = set_temperature(small_model("condconv", routing_activation="softmax"), 5.0)
+    path = tmp_path / "m.safetensors"
+    save_weights(Bundle(model, [str(i) for i in range(model.num_classes)], TransformSpec()), path)
+    loaded = condnet.load_pretrained(path)
+    assert all(r.temperature.item() == 5.0 for r in routers(loaded))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_routing_schedules():
+    cfg = TrainConfig(routing_temperature=30.0, routing_anneal_epochs=10.0, routing_warmup_epochs=4.0)
+    assert routing_temperature_at(0, cfg) == 30.0 and routing_temperature_at(5, cfg) == pytest.approx(15.5)
+    assert routing_temperature_at(10, cfg) == 1.0 and routing_temperature_at(40, cfg) == 1.0
+    assert routing_lr_factor(0, cfg) == 0.0 and routing_lr_factor(1, cfg) == 0.25 and routing_lr_factor(9, cfg) == 1.0
+    plain = TrainConfig()
+    assert routing_temperature_at(0, plain) == 1.0 and routing_lr_factor(0, plain) == 1.0
+
+
+def test_apply_schedule_sets_rates_and_temperature():
+    cfg = tiny_config(**{"model.name": "paper-condconv", "train.routing_lr_scale": 0.5,
+                         "train.routing_warmup_epochs": 2.0, "train.routing_temperature": 9.0,
+                         "train.routing_anneal_epochs": 2.0})  # fmt: skip
+    model = build_network(cfg, 4)
+    optimizer = make_optimizer(model, cfg)
+    lr = apply_schedule(model, optimizer, 1.0, cfg.train)
+    rates = {bool(g.get("routing")): g["lr"] for g in optimizer.param_groups}
+    assert rates[False] == pytest.approx(lr) and rates[True] == pytest.approx(lr * 0.5 * 0.5)
+    assert all(r.temperature.item() == pytest.approx(5.0) for r in routers(model))
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_resume_is_bit_identical_with_routing_schedules(tmp_path, per_step):
+    cfg = tiny_config(**{"model.name": "paper-condconv", "model.overrides.routing_activation": "softmax",
+                         "train.routing_temperature": 20.0, "train.routing_anneal_epochs": 2.0,
+                         "train.routing_warmup_epochs": 1.5, "train.lr_per_step": per_step})  # fmt: skip
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "part", progress=False, stop_after=1)
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["model"]["stages.0.0.routing.temperature"] > 1
+    train(resume_config(tmp_path / "part"), tmp_path / "part", resume=True, progress=False)
+    full, part = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
+    assert all(torch.equal(full["model"][k], part["model"][k]) for k in full["model"])
+    assert [m["val_loss"] for m in full["metrics"]] == [m["val_loss"] for m in part["metrics"]]
