@@ -74,6 +74,7 @@ class TrainConfig:
     nesterov: bool = _spec(True)
     weight_decay: float = _spec(5e-5, min=0.0)
     label_smoothing: float = _spec(0.0, min=0.0, max=1.0)
+    epoch_eval_subset: int = _spec(0, min=0)  # N: epochs before the last on N val images (0: all)
     routing_lr_scale: float = _spec(1.0, min=0.0)  # CondConv routing layers' rate multiplier
     routing_warmup_epochs: float = _spec(0.0, min=0.0)  # routers' rate ramps from 0 over these
     routing_temperature: float = _spec(1.0, min=1.0)  # routers' initial temperature ...

@@ -157,3 +157,19 @@ def test_two_process_gloo_ddp(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix == ".pt") == ["best.pt", "last.pt"]
     # Evaluation covered every validation image exactly once across the two ranks.
     assert evaluate_checkpoint(tmp_path / "run" / "last.pt")["top1"] == pytest.approx(json.loads(lines[-1])["val_top1"])
+
+
+def test_epoch_eval_subset_is_fixed_and_class_balanced(tmp_path, monkeypatch):
+    from condnet.engine import trainer
+
+    seen = []
+    real = trainer.evaluate
+
+    def spy(model, loader, rt, progress=False, monitor=None):
+        seen.append(sorted(label for _, labels, _ in loader for label in labels.tolist()))
+        return real(model, loader, rt, progress, monitor)
+
+    monkeypatch.setattr(trainer, "evaluate", spy)
+    train(tiny_config(**{"train.epoch_eval_subset": 12}), tmp_path, progress=False)
+    assert seen[0] == seen[1] == sorted([0, 1, 2, 3] * 3)  # 3 of each of the 4 classes, every epoch
+    assert len(seen[2]) == 48  # the last epoch: the whole validation set

@@ -72,3 +72,17 @@ def test_reproduce_resumes_unfinished_and_skips_finished(tmp_path, tiny_yaml, mo
 def test_report_without_runs_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_report_notes_miniature_eval_subset_and_routing(tmp_path):
+    overrides = {"train.epochs": 3, "train.epoch_eval_subset": 8, "train.routing_lr_scale": 0.5}
+    path = tmp_path / "tiny.yaml"
+    tiny_config(**overrides).save(path)
+    report, _ = reproduce(path, tmp_path / "out", progress=False)
+    text = report.read_text()
+    assert "A miniature of the paper's recipe (synthetic; crop 16, resize 20, epochs 3, batch_size 32)" in text
+    assert "fixed class-balanced subset of 8 validation images" in text and "(48 images)" in text
+    assert "paper-condconv trains its routers unlike the paper's text: routing_lr_scale=0.5" in text
+    assert "paper-se trains its routers" not in text
+    metrics = [json.loads(x) for x in (tmp_path / "out" / "paper-se" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["val_images"] for m in metrics] == [8, 8, 48] and {m["train_images"] for m in metrics} == {192}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from deploy_helpers import small_model
+from deploy_helpers import SMALL, small_model
 from helpers import tiny_config
 
 import condnet
@@ -143,3 +143,12 @@ def test_resume_is_bit_identical_with_routing_schedules(tmp_path, per_step):
     full, part = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
     assert all(torch.equal(full["model"][k], part["model"][k]) for k in full["model"])
     assert [m["val_loss"] for m in full["metrics"]] == [m["val_loss"] for m in part["metrics"]]
+
+
+def test_files_without_a_temperature_still_load():
+    model = small_model("condconv")
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("temperature")}
+    fresh = condnet.build_model("paper-condconv", num_classes=model.num_classes, **SMALL)
+    set_temperature(fresh, 4.0)
+    fresh.load_state_dict(state)
+    assert all(r.temperature.item() == 1.0 for r in routers(fresh))

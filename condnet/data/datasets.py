@@ -79,15 +79,19 @@ def subset(split: Split, size: int, seed: int) -> Split:
     """`size` examples, as equal per class as possible, in a seeded random order (0: all)."""
     if size == 0 or size >= len(split):
         return split
+    return split.take(balanced_indices(split.labels, size, seed))
+
+
+def balanced_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of `size` examples, as equal per class as possible, chosen by `seed`."""
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(split))
+    order = rng.permutation(len(labels))
     # Rank each example within its class, then take the lowest ranks first: class-balanced.
-    rank = np.empty(len(split), dtype=np.int64)
-    for label in np.unique(split.labels):
-        members = order[split.labels[order] == label]
+    rank = np.empty(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        members = order[labels[order] == label]
         rank[members] = np.arange(len(members))
-    chosen = order[np.argsort(rank[order], kind="stable")[:size]]
-    return split.take(np.sort(chosen))
+    return np.sort(order[np.argsort(rank[order], kind="stable")[:size]])
 
 
 def make_datasets(cfg: DataConfig, train: Split, val: Split) -> tuple[SplitDataset, SplitDataset]:

@@ -17,6 +17,7 @@ from condnet.data.cache import CachedSplit, cache_folder, load_cached
 from condnet.data.datasets import (
     ShardSampler,
     SplitDataset,
+    balanced_indices,
     load_splits,
     make_datasets,
     make_loader,
@@ -81,3 +82,16 @@ def eval_loader(cfg: Config, data: Data, rt: Runtime) -> Loader:
         )
     sampler = ShardSampler(len(data), rt.dist.rank, rt.dist.world)
     return make_loader(data, cfg.train.eval_batch_size, sampler, False, None, cfg.data.num_workers)
+
+
+def eval_subset(data: Data, size: int, seed: int) -> Data:
+    """A fixed class-balanced subset of `size` validation examples (of this rank's shard)."""
+    if isinstance(data, DeviceSplit):
+        if size >= len(data):
+            return data
+        keep = torch.from_numpy(balanced_indices(data.labels.cpu().numpy(), size, seed)).to(data.labels.device)
+        return DeviceSplit(data.images[keep], data.sizes[keep], data.labels[keep], data.skipped)
+    if size >= len(data):
+        return data
+    return SplitDataset(data.split.take(balanced_indices(data.split.labels, size, seed)), data.transform,
+                        data.on_bad_image)  # fmt: skip

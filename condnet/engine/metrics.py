@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 FIELDS = ("epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "epoch_seconds",
-          "images_per_second", "skipped_images")  # fmt: skip
+          "images_per_second", "skipped_images", "train_images", "val_images")  # fmt: skip
 
 
 def correct_topk(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:

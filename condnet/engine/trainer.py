@@ -19,7 +19,7 @@ from condnet.data.datasets import load_splits
 from condnet.engine import distributed
 from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from condnet.engine.diagnostics import RoutingLog, RoutingMonitor, has_routing
-from condnet.engine.loaders import Loader, eval_loader, split_data, train_loader
+from condnet.engine.loaders import Loader, eval_loader, eval_subset, split_data, train_loader
 from condnet.engine.metrics import MetricsLog, correct_topk, truncate_metrics
 from condnet.engine.runtime import (
     Runtime,
@@ -236,11 +236,13 @@ def train(
         save(-1, metrics, best, best=False)  # resumable from the very start
     log = MetricsLog(out) if rt.dist.main else None
     val_loader = eval_loader(cfg, val_set, rt)
+    epoch_loader = _epoch_eval_loader(cfg, val_set, rt) if cfg.train.epoch_eval_subset else val_loader
     end = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
     try:
         with StopSignals() as stop:
             for epoch in range(start, end):
-                record = _run_epoch(net, optimizer, cfg, rt, train_set, val_loader, epoch, progress, stop, monitor)
+                loader = val_loader if epoch == cfg.train.epochs - 1 else epoch_loader
+                record = _run_epoch(net, optimizer, cfg, rt, train_set, loader, epoch, progress, stop, monitor)
                 metrics.append(record)
                 routing = monitor.epoch_records(epoch, lambda t: distributed.sum_across(t, rt.dist)) if monitor else []
                 if log is not None:
@@ -280,6 +282,12 @@ def _saver(out: Path, model: CondNet, optimizer, cfg: Config, class_names, rt: R
     return save
 
 
+def _epoch_eval_loader(cfg: Config, val_set, rt: Runtime) -> Loader:
+    """The fixed class-balanced subset that epochs before the last are evaluated on."""
+    per_rank = -(-cfg.train.epoch_eval_subset // rt.dist.world)
+    return eval_loader(cfg, eval_subset(val_set, per_rank, cfg.run.seed + 2), rt)
+
+
 def _monitor(model: CondNet, cfg: Config, num_classes: int) -> RoutingMonitor | None:
     """Routing diagnostics for a network with CondConv routers, unless turned off."""
     if not cfg.run.routing_stats_every or not has_routing(model):
@@ -306,6 +314,7 @@ def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, 
         "val_top1": val["top1"], "val_top5": val["top5"],
         "epoch_seconds": time.perf_counter() - started,
         "images_per_second": seen / max(train_seconds, 1e-9), "skipped_images": skipped,
+        "train_images": seen, "val_images": val["count"],
     }  # fmt: skip
 
 

@@ -63,6 +63,11 @@ class Routing(nn.Module):
         logits = self.fc(x.mean((2, 3))) / self.temperature
         return torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=1)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Files written before routers had a temperature hold none: theirs was 1.
+        state_dict.setdefault(prefix + "temperature", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return f"activation={self.activation}"
 

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from condnet.complexity import KIND_TITLES, profile
+from condnet.config import Config
 from condnet.report.plots import plot_curves
 from condnet.report.runs import Run, find_runs
 
@@ -47,6 +48,47 @@ def table3_markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['final_top5']:.2f} | {r['params']:,} | {r['macs']:,} | {paper_cells[0]} | {paper_cells[1]} |"
         )
     return "\n".join(lines)
+
+
+# The paper's recipe (the config defaults) in the settings a miniature run shrinks.
+PAPER_SCALE = {"data.crop": 56, "data.resize": 64, "data.train_subset": 0, "train.epochs": 55,
+               "train.batch_size": 256}  # fmt: skip
+# Block C's routing exactly as the paper states it.
+PAPER_ROUTING = {"train.routing_lr_scale": 1.0, "train.routing_warmup_epochs": 0.0,
+                 "train.routing_temperature": 1.0, "model.overrides.routing_activation": "sigmoid"}  # fmt: skip
+
+
+def _setting(config: Config, key: str, default: Any = None) -> Any:
+    section, _, name = key.partition(".")
+    value = getattr(config, section)
+    if section == "model":
+        return value.overrides.get(name.removeprefix("overrides."), default)
+    return getattr(value, name)
+
+
+def table3_notes(runs: list[Run]) -> list[str]:
+    """What makes these runs differ from the paper's: scale, evaluation set, block C's routing."""
+    config, notes = runs[0].config, []
+    changed = [f"{k.split('.')[1]} {_setting(config, k)}" for k, v in PAPER_SCALE.items() if _setting(config, k) != v]
+    if config.data.source not in ("imagefolder", "imagenet64") or changed:
+        notes.append(f"A miniature of the paper's recipe ({config.data.source}; "
+                     f"{', '.join(changed) or 'same scale'}): its figures are not comparable to the paper's.")  # fmt: skip
+    subset = config.train.epoch_eval_subset
+    if subset:
+        final = runs[0].metrics[-1].get("val_images", "all")
+        notes.append(f"Per-epoch top-1 (Figure 5 and 'best') is measured on a fixed class-balanced subset of "
+                     f"{subset} validation images; the final top-1 and top-5 on the whole validation set ({final} images).")  # fmt: skip
+    for run in runs:
+        if run.name != "paper-condconv":
+            continue
+        departs = [f"{k.split('.')[-1]}={_setting(run.config, k, v)}" for k, v in PAPER_ROUTING.items()
+                   if _setting(run.config, k, v) != v]  # fmt: skip
+        if run.config.train.routing_temperature != 1.0:
+            departs.append(f"routing_anneal_epochs={run.config.train.routing_anneal_epochs:g}")
+        if departs:
+            notes.append(f"{run.name} trains its routers unlike the paper's text: {', '.join(departs)} "
+                         "(see the README's section on training block C).")  # fmt: skip
+    return notes
 
 
 def table3_text(rows: list[dict[str, Any]]) -> str:
@@ -131,8 +173,8 @@ def build_report(root: str | Path, names: list[str] = MODELS) -> tuple[Path, lis
         "## Table 3: training time and accuracy", "", table3_markdown(rows), "",
         "Training time is the sum of the epochs' wall-clock time (training and per-epoch "
         "evaluation); images/s is the training throughput averaged over epochs. Paper figures "
-        "(SPEC section 5) are for ImageNet-100 at 56x56 on one GPU; the paper did not report the "
-        "SE + CondConv block.", "",
+        "are for ImageNet-100 at 56x56 on one GPU; the paper did not report the "
+        "SE + CondConv block.", "", *[f"- {note}" for note in table3_notes(runs)], "",
         "## Figure 5: per-epoch accuracy and loss", "", "![Figure 5](figure5.png)", "",
         "## Table 4: complexity per block", "",
         "Counted from the trained networks with forward hooks at the training crop size.", "",
