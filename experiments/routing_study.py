@@ -46,6 +46,14 @@ CANDIDATES: dict[str, tuple[str, dict[str, object], str]] = {
     "softmax-T30": ("paper-condconv", {"train.routing_lr_scale": 1.0, "model.overrides.routing_activation": "softmax",
                                        "train.routing_temperature": 30.0, "train.routing_anneal_epochs": 1.0},
                     "softmax, temperature 30 -> 1 over the warm-up (Dynamic Convolution)"),
+    "auto": ("paper-condconv", {"train.routing_lr_scale": 1.0, "train.routing_lr_auto": True},
+             "each router's rate matched to its experts' (measured at the first step)"),
+    "auto-softmax": ("paper-condconv", {"train.routing_lr_scale": 1.0, "train.routing_lr_auto": True,
+                                        "model.overrides.routing_activation": "softmax"},
+                     "softmax routing, rates matched as in auto"),
+    "lr-0.01-softmax-T30": ("paper-condconv", {"train.routing_lr_scale": 0.01, "model.overrides.routing_activation": "softmax",
+                                               "train.routing_temperature": 30.0, "train.routing_anneal_epochs": 1.0},
+                            "softmax, temperature 30 -> 1, routers at 0.01 x the rate"),
 }  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from condnet.models.blocks import BLOCKS
 from condnet.models.condconv import CondConv2d, Routing
 
 LOW, HIGH = 0.05, 0.95
@@ -49,13 +50,11 @@ class BlockProbe:
 
 
 def _blocks_with_routing(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The outermost modules below the network's stages that hold routers (the blocks)."""
-    found = []
-    for name, module in model.named_modules():
-        inside = any(name.startswith(prefix + ".") for prefix, _ in found)
-        if not inside and name.count(".") >= 2 and any(isinstance(m, Routing) for m in module.modules()):
-            found.append((name, module))
-    if not found:  # a user's model without stages: each module owning routers directly
+    """The registered blocks of `model` that hold routers (else each module owning routers)."""
+    kinds = tuple(BLOCKS.values())
+    found = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, kinds) and any(isinstance(c, Routing) for c in m.modules())]  # fmt: skip
+    if not found:  # a model of the user's own: each module owning routers directly
         found = [(n, m) for n, m in model.named_modules() if any(isinstance(c, Routing) for c in m.children())]
     return found
 
@@ -87,7 +86,8 @@ def mixed_kernel_norms(layer: CondConv2d, weights: Tensor) -> Tensor:
     return (squared.clamp_min(0) / gram.diagonal().mean().clamp_min(1e-30)).sqrt()
 
 
-def _norm_ratio(params: list[Tensor]) -> Tensor:
+def grad_to_weight(params: list[Tensor]) -> Tensor:
+    """||gradient|| / ||weight|| over `params` (0 when none has a gradient yet)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
@@ -145,7 +145,7 @@ class RoutingMonitor:
         device = weights.device
         return torch.cat([
             routing_figures(weights, m),
-            torch.stack([_norm_ratio(router_params).to(device), _norm_ratio(expert_params).to(device),
+            torch.stack([grad_to_weight(router_params).to(device), grad_to_weight(expert_params).to(device),
                          norms.mean(), norms.min(), variances.min().to(device), variances.max().to(device)]),
         ])  # fmt: skip
 
@@ -215,6 +215,16 @@ class RoutingMonitor:
 
     def _block_dicts(self, rows: list[list[float]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
         return [{"block": block.name, **dict(zip(keys, row))} for block, row in zip(self.blocks, rows)]
+
+
+def routed_experts(model: nn.Module) -> list[tuple[Routing, list[Tensor]]]:
+    """Every router of `model` with the expert weights of the CondConvs it routes."""
+    pairs = []
+    for name, block in _blocks_with_routing(model):
+        probe = _probe(name, block)
+        for i, router in enumerate(probe.routers):
+            pairs.append((router, [conv.weight for conv, j in probe.convs if j == i]))
+    return pairs
 
 
 def has_routing(model: nn.Module) -> bool:

@@ -19,6 +19,7 @@ from condnet.data.datasets import load_splits
 from condnet.engine import distributed
 from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from condnet.engine.diagnostics import RoutingLog, RoutingMonitor, has_routing
+from condnet.engine.routing_rates import calibrate_router_rates, needs_calibration
 from condnet.engine.loaders import Loader, eval_loader, eval_subset, split_data, train_loader
 from condnet.engine.metrics import MetricsLog, correct_topk, truncate_metrics
 from condnet.engine.runtime import (
@@ -63,6 +64,8 @@ def train_one_epoch(
             loss = F.cross_entropy(model(images), labels, label_smoothing=cfg.train.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.train.routing_lr_auto and needs_calibration(optimizer):
+            calibrate_router_rates(model, optimizer)
         if monitor is not None:
             monitor.train_step(step)
         optimizer.step()
@@ -138,19 +141,17 @@ def build_network(cfg: Config, num_classes: int) -> CondNet:
 
 
 def make_optimizer(model: nn.Module, cfg: Config, fused: bool = False) -> torch.optim.Optimizer:
-    """SGD; CondConv routing layers form their own group, whose rate is scaled by
-    `train.routing_lr_scale` (their gradient sums over whole kernels, so it is far larger).
+    """SGD; each CondConv router forms a group of its own, whose rate is scaled by
+    `train.routing_lr_scale` (a router's gradient sums over whole kernels, so it is far larger).
 
     `fused`: one fused kernel for the whole update (the trainer's choice on CUDA); else the
     per-parameter loop, whose CPU results the resume tests pin down bit for bit.
     """
     t = cfg.train
-    routing = {id(p) for m in model.modules() if isinstance(m, Routing) for p in m.parameters()}
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) not in routing], "lr_scale": 1.0},
-        {"params": [p for p in model.parameters() if id(p) in routing], "lr_scale": t.routing_lr_scale,
-         "routing": True},
-    ]
+    routers = [m for m in model.modules() if isinstance(m, Routing)]
+    routing = {id(p) for m in routers for p in m.parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in routing], "lr_scale": 1.0}]
+    groups += [{"params": list(m.parameters()), "lr_scale": t.routing_lr_scale, "routing": True} for m in routers]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=t.lr_start, momentum=t.momentum,
                            nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay,
                            fused=fused or None)  # fmt: skip
