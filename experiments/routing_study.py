@@ -78,6 +78,11 @@ def train(name: str, out: Path, settings: dict[str, object]) -> None:
     subprocess.run(command, check=True)
 
 
+def finished(folder: Path, epochs: int) -> bool:
+    metrics = folder / "metrics.jsonl"
+    return metrics.exists() and len(metrics.read_text().splitlines()) >= epochs
+
+
 def summarise(folder: Path) -> dict[str, object]:
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     routing = [json.loads(line) for line in (folder / "routing.jsonl").read_text().splitlines()] if (
@@ -93,6 +98,9 @@ def summarise(folder: Path) -> dict[str, object]:
         row["saturated"] = max(b["low"] + b["high"] for b in blocks)
         row["kernel_norm_min"] = min(b["kernel_norm_min"] for b in blocks)
         row["bn_var_max"] = max(b["bn_var_max"] for b in blocks)
+        row["first_saturated"] = _first(train_side, lambda b: b["low"] + b["high"] > 0.1)
+        row["first_kernel_off"] = _first(train_side, lambda b: b["kernel_norm_min"] < 0.1 or b["kernel_norm_mean"] > 2)
+        row["first_bn_var_10"] = _first(train_side, lambda b: b["bn_var_max"] > 10)
         first = train_side[0]["blocks"]
         row["grad_ratio_start"] = sum(b["grad_ratio_routing"] / b["grad_ratio_experts"] for b in first) / len(first)
         final_val = [r for r in routing if r["phase"] == "val"][-1]["blocks"]
@@ -101,12 +109,20 @@ def summarise(folder: Path) -> dict[str, object]:
     return row
 
 
+def _first(samples: list[dict[str, object]], bad) -> str:
+    """'epoch.step' of the first training sample where some block is `bad`, else '-'."""
+    for r in samples:
+        if any(bad(b) for b in r["blocks"]):
+            return f"{r['epoch']}.{r['step']}"
+    return "-"
+
+
 def table(rows: dict[str, dict[str, object]], header: str) -> str:
     lines = [header, "",
              "| candidate | setting | final top-1 | best top-1 | val loss per epoch | most saturated "
              "| min mixed-kernel norm | max BN running var | router/expert grad ratio at step 0 "
-             "| final entropy | final spread across examples |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "| final entropy | final spread across examples | first saturated | first kernel off | first BN var > 10 |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name, r in rows.items():
         def cell(key: str, fmt: str) -> str:
             return format(r[key], fmt) if key in r else ""
@@ -115,7 +131,8 @@ def table(rows: dict[str, dict[str, object]], header: str) -> str:
         lines.append(f"| {name} | {CANDIDATES[name][2]} | {r['final_top1']:.2f} | {r['best_top1']:.2f} | {losses} "
                      f"| {cell('saturated', '.0%')} | {cell('kernel_norm_min', '.3g')} | {cell('bn_var_max', '.3g')} "
                      f"| {cell('grad_ratio_start', '.3g')} | {cell('final_entropy', '.3f')} "
-                     f"| {cell('final_example_std', '.3g')} |")  # fmt: skip
+                     f"| {cell('final_example_std', '.3g')} | {cell('first_saturated', 's')} "
+                     f"| {cell('first_kernel_off', 's')} | {cell('first_bn_var_10', 's')} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -134,11 +151,9 @@ def main() -> int:
         parser.error(f"unknown candidates {unknown}; choose from {', '.join(CANDIDATES)}")
     settings = compression(args.epochs, args.subset, args.seed)
     for name in names:
-        folder = args.out / name
-        done = (folder / "metrics.jsonl").exists() and len((folder / "metrics.jsonl").read_text().splitlines()) >= args.epochs
-        if not done:
-            train(name, folder, settings)
-    rows = {n: summarise(args.out / n) for n in CANDIDATES if (args.out / n / "metrics.jsonl").exists()}
+        if not finished(args.out / name, args.epochs):
+            train(name, args.out / name, settings)
+    rows = {n: summarise(args.out / n) for n in CANDIDATES if finished(args.out / n, args.epochs)}
     cpu = device_description()
     header = (f"Fashion-MNIST, {args.subset} training images at 20x20, {args.epochs} epochs, batch 256, seed "
               f"{args.seed}; torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}.")  # fmt: skip

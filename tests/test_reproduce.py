@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from condnet.cli import main
+from condnet.config import load_config
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.trainer import train
 from condnet.report.build import MODELS
@@ -86,3 +87,24 @@ def test_report_notes_miniature_eval_subset_and_routing(tmp_path):
     assert "paper-se trains its routers" not in text
     metrics = [json.loads(x) for x in (tmp_path / "out" / "paper-se" / "metrics.jsonl").read_text().splitlines()]
     assert [m["val_images"] for m in metrics] == [8, 8, 48] and {m["train_images"] for m in metrics} == {192}
+
+
+def test_reproduce_side_by_side_trains_each_block_in_its_own_process(tmp_path, tiny_yaml, capsys):
+    out = tmp_path / "out"
+    _, rows = reproduce(tiny_yaml, out, progress=False, jobs=3)
+    printed = capsys.readouterr().out
+    for name in MODELS:
+        assert f"[{name}] epoch 2/2" in printed
+        assert load_checkpoint(out / name / "last.pt")["epoch"] == 1
+        assert load_config(out / name / "config.yaml").run.threads == 1  # tiny_config sets one thread
+    assert [r["model"] for r in rows] == MODELS and not list(out.glob(".*.yaml"))
+
+
+def test_reproduce_side_by_side_names_a_failed_block(tmp_path, tiny_yaml, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "paper-se").write_text("a file where the run folder should be")
+    assert main(["reproduce", "--config", str(tiny_yaml), "--out", str(out), "--jobs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("condnet reproduce: error: training failed: paper-se (exit status ")
+    assert load_checkpoint(out / "paper-condconv" / "last.pt")["epoch"] == 1  # the others still ran

@@ -3,6 +3,7 @@
 import argparse
 
 from condnet.commands.common import parse_assignments
+from condnet.errors import CondnetError
 from condnet.report.build import build_report, table3_text
 from condnet.reproduce import reproduce
 
@@ -13,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder: OUT/<model>/ and OUT/report.md")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="dotted override for all three runs")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N blocks side by side, each in its own process with its share of "
+                        "the CPU threads (default 1: one after another)")
     p.set_defaults(run=run_reproduce)
     p = sub.add_parser("report", help="(re)build OUT/report.md from finished runs")
     p.add_argument("out", help="the folder given to reproduce --out")
@@ -25,7 +29,9 @@ def _print(path, rows) -> None:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    _print(*reproduce(args.config, args.out, parse_assignments(args.set)))
+    if args.jobs < 1:
+        raise CondnetError(f"--jobs: expected an integer >= 1, got {args.jobs}")
+    _print(*reproduce(args.config, args.out, parse_assignments(args.set), jobs=args.jobs))
     return 0
 
 
