@@ -1,5 +1,7 @@
 """Each data source reads its on-disk format; subsets; transforms; safe unpickling."""
 
+import builtins
+import os
 import pickle
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import torch
 from condnet.config import from_dict
 from condnet.data import sources
 from condnet.data.datasets import load_splits, make_datasets, subset
+from condnet.data.safe_pickle import load_pickle
 from condnet.errors import CondnetError
 from tests.helpers import write_cifar10, write_idx, write_imagefolder, write_imagenet64
 
@@ -56,6 +59,64 @@ def test_imagenet64_refuses_code_in_pickles(tmp_path):
     with pytest.raises(CondnetError, match="refused"):
         load_splits(data_cfg(source="imagenet64", root=str(root), classes=str(tmp_path / "c.txt")), 0)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_numpy_pickles_of_every_protocol_load(tmp_path, protocol):
+    batch = {"data": np.arange(24, dtype=np.uint8).reshape(2, 12), "labels": [3, 1],
+             "strided": np.arange(12.0).reshape(3, 4).T, "mean": np.float32(0.5),
+             "name": b"x"}  # fmt: skip
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps(batch, protocol=protocol))
+    if protocol == 5:  # NumPy's protocol-5 form: the array rebuilt from its bytes
+        assert b"_frombuffer" in path.read_bytes()
+    loaded = load_pickle(path)
+    for key in ("data", "strided"):
+        assert loaded[key].dtype == batch[key].dtype and np.array_equal(loaded[key], batch[key])
+    assert loaded["labels"] == [3, 1] and loaded["name"] == b"x"
+    assert loaded["mean"] == np.float32(0.5)
+
+
+class Call:
+    """Pickles as a call of `function(*args)`: what a malicious batch file holds."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def attacks(marker: Path) -> dict[str, object]:
+    evil_npy = marker.with_name("evil.npy")
+    np.save(evil_npy, np.array([Call(Path.touch, marker)], dtype=object), allow_pickle=True)
+    touch = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    frombuffer = np._core.numeric._frombuffer  # admitted: the attack hides in its arguments
+    return {
+        "os.system": Call(os.system, f"touch {marker}"),
+        "builtins.eval": Call(builtins.eval, touch),
+        "numpy.load": Call(np.load, str(evil_npy), None, True),  # unpickles with plain pickle
+        "numpy runstring": Call(np.testing._private.utils.runstring, touch, {}),  # exec
+        "inside an array": Call(frombuffer, Call(os.system, f"touch {marker}"), "u1", (1,), "C"),
+    }
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_attack_pickles_are_refused_without_running(tmp_path, protocol):
+    marker = tmp_path / "code-ran"
+    for name, payload in attacks(marker).items():
+        path = tmp_path / "batch"
+        path.write_bytes(pickle.dumps({"data": payload, "labels": [1]}, protocol=protocol))
+        with pytest.raises(CondnetError, match="refused to unpickle: refused global"):
+            load_pickle(path)
+        assert not marker.exists(), name
+
+
+def test_out_of_band_buffers_are_a_clear_error(tmp_path):
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps(np.zeros(3), protocol=5, buffer_callback=lambda buffer: False))
+    with pytest.raises(CondnetError, match="refused to unpickle.*out-of-band"):
+        load_pickle(path)
 
 
 def test_class_list_errors(tmp_path):
