@@ -3,6 +3,8 @@
 import builtins
 import os
 import pickle
+import tracemalloc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,41 @@ def test_imagenet64_subset_reindexed(tmp_path, npz):
     # The red channel carries the original 1-based label: re-indexing kept images and labels paired.
     original = {0: 5, 1: 2}
     assert all(img[0, 0, 0] == original[lab] for img, lab in zip(train.images, train.labels))
+
+
+def traced_peak(function, *args):
+    """`function(*args)` and the peak of the memory Python and NumPy allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        result = function(*args)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("npz", [False, True])
+def test_imagenet64_holds_one_batch_at_a_time(tmp_path, monkeypatch, npz):
+    rng = np.random.default_rng(1)
+    batches = [tuple(rng.integers(1, 101, 300).tolist()) for _ in range(8)]
+    root = write_imagenet64(tmp_path / "in64", batches, npz=npz)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("".join(f"{c}\n" for c in range(1, 11)))  # 10 of 100 classes
+    _, one_batch = traced_peak(sources._load_batch, sources._find_batches(root, "train_data")[0])
+    held, load_batch = [], sources._load_batch
+
+    def only_one_held(path):
+        assert all(ref() is None for ref in held), f"{path} read while an earlier batch is held"
+        images, labels = load_batch(path)
+        held.append(weakref.ref(images))
+        return images, labels
+
+    monkeypatch.setattr(sources, "_load_batch", only_one_held)
+    (train, _), peak = traced_peak(sources.read_imagenet64, root, classes)
+    assert len(held) == 9  # 8 training batches and the validation batch
+    assert 0 < len(train) < len(batches) * 300 / 5
+    # Reading one batch, plus what is kept (twice while it is assembled); reading every batch
+    # before choosing would need more than 8 batches.
+    assert peak < one_batch + 2 * train.images.nbytes
 
 
 def test_imagenet64_refuses_code_in_pickles(tmp_path):
