@@ -19,6 +19,9 @@ from condnet.errors import CondnetError
 from tests.helpers import write_cifar10, write_idx, write_imagefolder, write_imagenet64
 
 
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
 def data_cfg(**data):
     return from_dict({"data": data}).data
 
@@ -172,6 +175,56 @@ def test_cifar10(tmp_path):
     train, val = load_splits(data_cfg(source="cifar10", root=str(tmp_path)), 0)
     assert len(train) == 30 and len(val) == 6 and train.class_names[3] == "c3"
     assert train.images.shape[1:] == (32, 32, 3)
+
+
+@pytest.fixture
+def fake_cifar_download(monkeypatch):
+    """Replaces the network: a download writes `batches` (name -> batch) into the CIFAR-10
+    folder; returns the list of fetched URLs."""
+    import torchvision.datasets as tvd
+
+    fetched, batches = [], {}
+
+    def download(url, root, *args, **kwargs):
+        fetched.append(url)
+        folder = write_cifar10(Path(root)) / "cifar-10-batches-py"
+        for name, batch in batches.items():
+            (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+    for module in (tvd.utils, tvd.cifar):  # wherever the code looks it up
+        monkeypatch.setattr(module, "download_and_extract_archive", download, raising=False)
+    monkeypatch.setattr(tvd.CIFAR10, "_check_integrity", lambda self: True)  # no MD5 of fakes
+    return fetched, batches
+
+
+def test_cifar_download_is_read_like_a_local_folder(tmp_path, fake_cifar_download):
+    fetched, _ = fake_cifar_download
+    train, val = load_splits(data_cfg(source="cifar10", root=str(tmp_path), download=True), 0)
+    assert len(train) == 30 and len(val) == 6 and fetched == [CIFAR10_URL]
+    load_splits(data_cfg(source="cifar10", root=str(tmp_path), download=True), 0)
+    assert len(fetched) == 1  # present now: not fetched again
+
+
+def test_cifar_download_refuses_code_in_pickles(tmp_path, fake_cifar_download):
+    _, batches = fake_cifar_download
+    marker = tmp_path / "code-ran"
+    batches["data_batch_1"] = {"data": Call(os.system, f"touch {marker}"), "labels": [1]}
+    with pytest.raises(CondnetError, match="data_batch_1: refused to unpickle"):
+        load_splits(data_cfg(source="cifar10", root=str(tmp_path / "data"), download=True), 0)
+    assert not marker.exists()
+
+
+def test_cifar_download_without_a_network_is_one_line(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets as tvd
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(tvd.utils, "download_and_extract_archive", offline)
+    with pytest.raises(CondnetError, match="data.download: cannot fetch .*name resolution"):
+        load_splits(data_cfg(source="cifar10", root=str(tmp_path), download=True), 0)
 
 
 def test_idx_files(tmp_path):

@@ -180,9 +180,7 @@ def read_imagenet64(root: Path, classes: Path | None) -> tuple[Split, Split]:
 def read_cifar(root: Path, num_classes: int, download: bool) -> tuple[Split, Split]:
     folder = root / ("cifar-10-batches-py" if num_classes == 10 else "cifar-100-python")
     if not folder.is_dir() and download:
-        from torchvision.datasets import CIFAR10, CIFAR100
-
-        (CIFAR10 if num_classes == 10 else CIFAR100)(str(root), download=True)
+        _download_cifar(root, num_classes)
     _need_dir(folder, f"CIFAR-{num_classes} folder (set data.download=true to fetch it)")
     if num_classes == 10:
         meta, key = load_pickle(folder / "batches.meta"), "label_names"
@@ -200,6 +198,20 @@ def read_cifar(root: Path, num_classes: int, download: bool) -> tuple[Split, Spl
         return Split(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels, names)
 
     return split(train_files), split(test_files)
+
+
+def _download_cifar(root: Path, num_classes: int) -> None:
+    """Fetch and unpack the CIFAR archive (its MD5 checked) without reading it: torchvision's
+    dataset class would unpickle the batches with plain `pickle`; `read_cifar` reads them with
+    the restricted unpickler, like local ones."""
+    from torchvision.datasets import CIFAR10, CIFAR100, utils
+
+    dataset = CIFAR10 if num_classes == 10 else CIFAR100
+    try:
+        utils.download_and_extract_archive(dataset.url, str(root), filename=dataset.filename,
+                                           md5=dataset.tgz_md5)  # fmt: skip
+    except (OSError, RuntimeError) as err:  # no network, a full disk, a corrupted archive
+        raise CondnetError(f"data.download: cannot fetch {dataset.url} into {root} ({err})") from None
 
 
 # --- Fashion-MNIST: IDX files (optionally gzipped) --------------------------------------------
