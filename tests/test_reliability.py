@@ -22,7 +22,8 @@ from condnet.cli import main
 from condnet.data.images import BadImage, load_rgb
 from condnet.engine import checkpoint as ckpt_module
 from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
-from condnet.engine.trainer import resume_config, train
+from condnet.engine.metrics import read_metrics
+from condnet.engine.trainer import evaluate_checkpoint, resume_config, train
 from condnet.errors import CondnetError
 from tests.helpers import tiny_config, write_imagefolder
 
@@ -117,6 +118,20 @@ def test_on_bad_image_error_stops_with_one_line(tmp_path, capfd):
     assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")]) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.on_bad_image=error" in err[0] and "Traceback" not in err[0]
+
+
+@pytest.mark.parametrize("pipeline", ["torchvision", "tensor"])
+def test_evaluation_honours_on_bad_image_error(tmp_path, pipeline):
+    root = write_imagefolder(tmp_path / "data", per_class=6)
+    write_bad_images(root / "val" / "dog")  # training reads only good files
+    settings = {"data.pipeline": pipeline, "data.cache": str(tmp_path / "cache")}
+    train(image_config(root, **settings), tmp_path / "run", progress=False)  # skips them
+    error = {**settings, "data.on_bad_image": "error"}
+    with pytest.raises(CondnetError, match="val/dog/.*data.on_bad_image=error"):
+        evaluate_checkpoint(tmp_path / "run" / "last.pt", error)
+    with pytest.raises(CondnetError, match="val/dog/.*data.on_bad_image=error"):
+        train(image_config(root, **error), tmp_path / "strict", progress=False)
+    assert read_metrics(tmp_path / "strict") == []  # no epoch was recorded
 
 
 # --- data layout and class lists --------------------------------------------------------------

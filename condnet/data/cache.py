@@ -115,6 +115,9 @@ def load_cached(
     while manifest.get("fingerprint") != key:
         time.sleep(1)
         manifest = _read_manifest(folder)
+    if manifest["skipped"] and on_bad_image == "error":  # left out by an earlier build
+        raise CondnetError(f"{manifest['skipped'][0]} (data.on_bad_image=error; "
+                           f"left out of the cache in {folder})")  # fmt: skip
     if manifest["skipped"] and report and not built:
         print(f"warning: {folder}: {len(manifest['skipped'])} unreadable images were left out "
               f"(listed in {MANIFEST})", file=sys.stderr)  # fmt: skip

@@ -55,7 +55,7 @@ def train_one_epoch(
         stop.check()
         if cfg.train.lr_per_step:
             apply_schedule(model, optimizer, epoch + step / len(loader), cfg.train)
-        skipped += _bad_images(bad, cfg)
+        skipped += _bad_images(bad, cfg.data.on_bad_image)
         if labels.numel() == 0:
             continue
         images, labels = rt.to_device(images, labels)
@@ -95,9 +95,9 @@ def apply_schedule(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: fl
     return lr
 
 
-def _bad_images(messages: list[str], cfg: Config) -> int:
+def _bad_images(messages: list[str], on_bad_image: str) -> int:
     """Count unreadable images; with data.on_bad_image=error, stop at the first."""
-    if messages and cfg.data.on_bad_image == "error":
+    if messages and on_bad_image == "error":
         raise CondnetError(f"{messages[0]} (data.on_bad_image=error)")
     return len(messages)
 
@@ -105,18 +105,20 @@ def _bad_images(messages: list[str], cfg: Config) -> int:
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Loader, rt: Runtime, progress: bool = False,
-    monitor: RoutingMonitor | None = None,
+    monitor: RoutingMonitor | None = None, on_bad_image: str = "skip",
 ) -> dict[str, float]:  # fmt: skip
     """Loss, top-1 and top-5 (percent) over the loader's examples, summed over all ranks.
 
     Rows labelled -100 (padding of a fixed-shape last batch) count nowhere. `monitor` collects
-    the routing weights of every example.
+    the routing weights of every example. Unreadable images are left out, or stop the
+    evaluation with `on_bad_image="error"`.
     """
     model.eval()
     if monitor is not None:
         monitor.start_eval()
     sums = torch.zeros(4, device=rt.device)  # loss, top-1 hits, top-5 hits, count
-    for images, labels, _ in _progress(loader, len(loader), "eval", progress):
+    for images, labels, bad in _progress(loader, len(loader), "eval", progress):
+        _bad_images(bad, on_bad_image)
         if labels.numel() == 0:
             continue
         images, labels = rt.to_device(images, labels)
@@ -300,7 +302,7 @@ def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, 
                            "the last good checkpoint is kept (try a lower train.lr_peak)")  # fmt: skip
     if skipped:
         print(f"warning: epoch {epoch + 1}: skipped {skipped} unreadable images", file=sys.stderr)
-    val = evaluate(net, val_loader, rt, progress, monitor)
+    val = evaluate(net, val_loader, rt, progress, monitor, cfg.data.on_bad_image)
     return {
         "epoch": epoch, "lr": lr, "train_loss": loss, "val_loss": val["loss"],
         "val_top1": val["top1"], "val_top5": val["top5"],
@@ -341,5 +343,5 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
         raise CondnetError(f"the data has {len(val_split.class_names)} classes, the checkpoint {len(state['class_names'])}")
     val_set = split_data(cfg, rt, val_split, "val")
     model = place_model(model_from_checkpoint(state), rt)
-    result = evaluate(model, eval_loader(cfg, val_set, rt), rt)
+    result = evaluate(model, eval_loader(cfg, val_set, rt), rt, on_bad_image=cfg.data.on_bad_image)
     return {"checkpoint": str(path), "epoch": state.get("epoch"), **result}
