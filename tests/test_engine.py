@@ -122,6 +122,58 @@ def test_resume_is_bit_identical(tmp_path, stop_after):
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
 
 
+def test_optimizer_settings_changed_on_resume_are_applied(tmp_path, capsys):
+    cfg = tiny_config(**{"model.name": "paper-condconv", "train.epochs": 1})
+    train(cfg, tmp_path, progress=False)
+    changed = {"train.weight_decay": 0.001, "train.momentum": 0.5, "train.nesterov": False,
+               "train.routing_lr_scale": 0.1, "train.epochs": 2}  # fmt: skip
+    capsys.readouterr()
+    settings = [f"{key}={value}" for key, value in changed.items()]
+    assert main(["train", "--resume", str(tmp_path), "--set", *settings]) == 0
+    assert "train.weight_decay 5e-05 -> 0.001" in capsys.readouterr().err
+    state = load_checkpoint(tmp_path / "last.pt")
+    lr = state["metrics"][-1]["lr"]
+    for group in state["optimizer"]["param_groups"]:  # as the second epoch trained
+        assert (group["weight_decay"], group["momentum"], group["nesterov"]) == (0.001, 0.5, False)
+        scale = 0.1 if group["routing"] else 1.0
+        assert group["lr_scale"] == scale and group["lr"] == pytest.approx(lr * scale)
+    before = {key: [getattr(cfg.train, key[6:]), value] for key, value in changed.items()}
+    assert state["resumes"] == [{"epoch": 1, "changes": before}]
+    assert load_config(tmp_path / "config.yaml").train.weight_decay == 0.001
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one-epoch")
+    train(tiny_config(**{"train.epochs": 1}), out, progress=False)
+    return out
+
+
+@pytest.mark.parametrize(
+    "setting", ["model.name=paper-se", "model.overrides.num_experts=8", "data.crop=12",
+                "data.synthetic_classes=5", "run.seed=3"],
+)  # fmt: skip
+def test_settings_that_cannot_change_on_resume_are_refused(one_epoch_run, capsys, setting):
+    files = {p: p.read_bytes() for p in one_epoch_run.rglob("*") if p.is_file()}
+    assert main(["train", "--resume", str(one_epoch_run), "--set", setting, "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{setting.split('=')[0]}: cannot change on resume" in err
+    assert {p: p.read_bytes() for p in one_epoch_run.rglob("*") if p.is_file()} == files
+
+
+def test_resume_on_other_classes_is_refused(tmp_path, capsys):
+    from tests.helpers import write_imagefolder
+
+    first = write_imagefolder(tmp_path / "a")
+    other = write_imagefolder(tmp_path / "b", ("ant", "bee", "cow"))
+    cfg = tiny_config(**{"data.source": "imagefolder", "data.root": str(first), "train.epochs": 1})
+    train(cfg, tmp_path / "run", progress=False)
+    resume = ["train", "--resume", str(tmp_path / "run"), "--set", "train.epochs=2"]
+    assert main([*resume, f"data.root={other}"]) == 2
+    assert "classes are not the checkpoint's" in capsys.readouterr().err
+    assert main([*resume, f"data.root={first}"]) == 0  # the same data moved: resumes
+
+
 def test_checkpoint_contents_and_evaluate_matches_log(tmp_path, capsys):
     metrics = train(tiny_config(), tmp_path, progress=False)
     state = load_checkpoint(tmp_path / "last.pt")

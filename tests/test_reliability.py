@@ -226,7 +226,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, capsys):
 def test_checkpoint_for_another_network_or_class_count(tmp_path, capsys):
     run = small_run(tmp_path)
     assert main(["train", "--resume", str(run), "--set", "model.name=paper-se", "train.epochs=2"]) == 2
-    assert "does not fit this run's network" in capsys.readouterr().err
+    assert "model.name: cannot change on resume" in capsys.readouterr().err
     assert main(["evaluate", str(run / "last.pt"), "--set", "data.synthetic_classes=7"]) == 2
     assert "the data has 7 classes, the checkpoint 4" in capsys.readouterr().err
 

@@ -21,6 +21,7 @@ from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from condnet.engine.diagnostics import RoutingLog, RoutingMonitor, has_routing
 from condnet.engine.loaders import Loader, eval_loader, split_data, train_loader
 from condnet.engine.metrics import MetricsLog, correct_topk, truncate_metrics
+from condnet.engine.resume import apply_optimizer_settings, check_resume
 from condnet.engine.runtime import (
     Runtime,
     make_runtime,
@@ -149,17 +150,18 @@ def make_optimizer(model: nn.Module, cfg: Config, fused: bool = False) -> torch.
     t = cfg.train
     routing = {id(p) for m in model.modules() if isinstance(m, Routing) for p in m.parameters()}
     groups = [
-        {"params": [p for p in model.parameters() if id(p) not in routing], "lr_scale": 1.0},
-        {"params": [p for p in model.parameters() if id(p) in routing], "lr_scale": t.routing_lr_scale,
-         "routing": True},
+        {"params": [p for p in model.parameters() if id(p) not in routing], "routing": False},
+        {"params": [p for p in model.parameters() if id(p) in routing], "routing": True},
     ]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=t.lr_start, momentum=t.momentum,
-                           nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay,
-                           fused=fused or None)  # fmt: skip
+    groups = [g for g in groups if g["params"]]
+    optimizer = torch.optim.SGD(groups, lr=t.lr_start, momentum=t.momentum, fused=fused or None,
+                                nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay)
+    apply_optimizer_settings(optimizer, t)
+    return optimizer
 
 
 def _checkpoint_state(model: CondNet, optimizer, cfg: Config, class_names, epoch: int,
-                      metrics: list, best: float) -> dict[str, Any]:  # fmt: skip
+                      metrics: list, best: float, resumes: list) -> dict[str, Any]:  # fmt: skip
     return {
         "model": model.state_dict(),
         "model_spec": model.spec.to_dict(),
@@ -172,20 +174,47 @@ def _checkpoint_state(model: CondNet, optimizer, cfg: Config, class_names, epoch
                            "mean": cfg.data.mean, "std": cfg.data.std},  # fmt: skip
         "metrics": metrics,
         "best_top1": best,
+        "resumes": resumes,  # settings changed on resume: [{"epoch": first, "changes": {...}}]
         "versions": {"condnet": condnet.__version__, "torch": str(torch.__version__)},
     }
 
 
-def _restore(out: Path, model: CondNet, optimizer) -> tuple[int, list, float]:
-    state = load_checkpoint(out / "last.pt")
+def _restore(state: dict[str, Any], out: Path, model: CondNet, optimizer,
+             cfg: Config) -> tuple[int, list, float]:  # fmt: skip
+    """Weights, optimizer state and generators from `state`; the optimizer then takes this
+    run's settings, which may have changed on resume (`condnet.engine.resume`)."""
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise CondnetError(f"{out / 'last.pt'}: does not fit this run's network "
                            f"({str(err).strip().splitlines()[0][:160]})") from None  # fmt: skip
+    apply_optimizer_settings(optimizer, cfg.train)
     set_rng_state(state["rng"])
     return state["epoch"] + 1, state["metrics"], state["best_top1"]
+
+
+def _resume_state(out: Path, cfg: Config, announce: bool) -> tuple[dict[str, Any], list]:
+    """The checkpoint to resume, once `cfg` is checked against the run's settings, and the
+    record of settings changed on resume, this run's changes added (`announce`d on stderr)."""
+    state = load_checkpoint(out / "last.pt")
+    changes = check_resume(from_dict(state["config"]), cfg)
+    resumes = list(state.get("resumes", []))
+    if changes:
+        first = state["epoch"] + 1
+        resumes.append({"epoch": first, "changes": {k: list(v) for k, v in changes.items()}})
+        if announce:
+            listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            print(f"resuming at epoch {first + 1} with changed settings: {listed}", file=sys.stderr)
+    return state, resumes
+
+
+def _check_classes(state: dict[str, Any], names: list[str]) -> None:
+    """The data a run resumes on (`data.root` may have moved) must have the run's classes."""
+    theirs = list(state["class_names"])
+    if list(names) != theirs:
+        raise CondnetError(f"data: its {len(names)} classes are not the checkpoint's {len(theirs)} "
+                           "(or not in the same order); resume with the data the run started with")
 
 
 def resume_config(out: Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -217,18 +246,23 @@ def train(
         raise CondnetError(f"train.batch_size: must be divisible by the {rt.dist.world} processes")
     if not resume and (out / "last.pt").exists():
         raise CondnetError(f"{out} already holds a run; resume it with --resume or choose another --out")
+    state, resumes = _resume_state(out, cfg, rt.dist.main) if resume else (None, [])
     train_split, val_split = load_splits(cfg.data, cfg.run.seed)
+    if state is not None:
+        _check_classes(state, train_split.class_names)
     train_set = split_data(cfg, rt, train_split, "train", progress)
     val_set = split_data(cfg, rt, val_split, "val", progress)
     torch.manual_seed(cfg.run.seed)  # the initial weights
     model = build_network(cfg, len(train_split.class_names))
     optimizer = make_optimizer(model, cfg, fused=rt.device.type == "cuda")
-    start, metrics, best = _restore(out, model, optimizer) if resume else (0, [], -math.inf)
+    start, metrics, best = 0, [], -math.inf
+    if state is not None:
+        start, metrics, best = _restore(state, out, model, optimizer, cfg)
     place_model(model, rt)
     _optimizer_to(optimizer, rt.device)
     monitor = _monitor(model, cfg, len(train_split.class_names))
     net = _wrap(model, cfg, rt)
-    save = _saver(out, model, optimizer, cfg, train_split.class_names, rt)
+    save = _saver(out, model, optimizer, cfg, train_split.class_names, rt, resumes)
     if rt.dist.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
@@ -264,13 +298,15 @@ def train(
     return metrics
 
 
-def _saver(out: Path, model: CondNet, optimizer, cfg: Config, class_names, rt: Runtime):
+def _saver(out: Path, model: CondNet, optimizer, cfg: Config, class_names, rt: Runtime,
+           resumes: list):  # fmt: skip
     """save(epoch, metrics, best_top1, best=...): last.pt (and best.pt), on rank 0 only."""
 
     def save(epoch: int, metrics: list, best_top1: float, best: bool) -> None:
         if not rt.dist.main:
             return
-        state = _checkpoint_state(model, optimizer, cfg, class_names, epoch, metrics, best_top1)
+        state = _checkpoint_state(model, optimizer, cfg, class_names, epoch, metrics, best_top1,
+                                  resumes)  # fmt: skip
         try:
             save_checkpoint(state, out / "last.pt")
             if best:
