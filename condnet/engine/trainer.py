@@ -344,6 +344,7 @@ def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, 
         "val_top1": val["top1"], "val_top5": val["top5"],
         "epoch_seconds": time.perf_counter() - started,
         "images_per_second": seen / max(train_seconds, 1e-9), "skipped_images": skipped,
+        **rt.record(),  # precision and device: the report's provenance
     }  # fmt: skip
 
 
@@ -380,4 +381,4 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
     val_set = split_data(cfg, rt, val_split, "val")
     model = place_model(model_from_checkpoint(state), rt)
     result = evaluate(model, eval_loader(cfg, val_set, rt), rt, on_bad_image=cfg.data.on_bad_image)
-    return {"checkpoint": str(path), "epoch": state.get("epoch"), **result}
+    return {"checkpoint": str(path), "epoch": state.get("epoch"), **result, **rt.record()}
