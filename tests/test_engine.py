@@ -3,8 +3,12 @@
 import json
 import math
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -209,3 +213,53 @@ def test_two_process_gloo_ddp(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix == ".pt") == ["best.pt", "last.pt"]
     # Evaluation covered every validation image exactly once across the two ranks.
     assert evaluate_checkpoint(tmp_path / "run" / "last.pt")["top1"] == pytest.approx(json.loads(lines[-1])["val_top1"])
+
+
+def start_ranks(args: list[str], world: int = 2) -> list[subprocess.Popen]:
+    """`condnet <args>` in `world` processes joined by gloo, as torchrun would start them."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                   LOCAL_RANK=str(rank))  # fmt: skip
+        command = [sys.executable, "-m", "condnet.cli", *args]
+        procs.append(subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+    return procs
+
+
+def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
+    """Each rank's exit status and standard error (a rank still running after 2 minutes is
+    killed: a rank left alone in a collective would wait for its peers for half an hour)."""
+    try:
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [(p.returncode, err) for p, err in zip(procs, errors)]
+
+
+def test_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 3, "data.synthetic_images": 320})
+    cfg.save(tmp_path / "cfg.yaml")
+    run = tmp_path / "run"
+    procs = start_ranks(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run)])
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
+        assert time.time() < deadline and procs[0].poll() is None, "no epoch finished"
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)  # one rank only, somewhere in the second epoch
+    stops = set()
+    for rank, (status, err) in enumerate(finish(procs)):
+        assert status == 128 + signal.SIGTERM and "Traceback" not in err, err[-2000:]
+        said = re.findall(rf"rank {rank}: SIGTERM: stopped before (step \d+ of epoch \d+)", err)
+        stops.update(said)
+    assert len(stops) == 1  # both ranks said where, and it is the same step
+    # The checkpoint holds the last finished epoch, which the metrics end with.
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(len(epochs)))
+    assert load_checkpoint(run / "last.pt")["epoch"] == epochs[-1]

@@ -53,7 +53,7 @@ def train_one_epoch(
     seen = skipped = 0
     bar = _progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.train.epochs}", progress)
     for step, (images, labels, bad) in enumerate(bar):
-        stop.check()
+        stop.check(epoch, step)
         if cfg.train.lr_per_step:
             apply_schedule(model, optimizer, epoch + step / len(loader), cfg.train)
         skipped += _bad_images(bad, cfg.data.on_bad_image)
@@ -274,7 +274,7 @@ def train(
     val_loader = eval_loader(cfg, val_set, rt)
     end = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
     try:
-        with StopSignals() as stop:
+        with StopSignals(rt.dist) as stop:
             for epoch in range(start, end):
                 record = _run_epoch(net, optimizer, cfg, rt, train_set, val_loader, epoch, progress, stop, monitor)
                 metrics.append(record)
@@ -288,7 +288,9 @@ def train(
                 distributed.barrier(rt.dist)
     except Interrupted as err:
         done = load_checkpoint(out / "last.pt")["epoch"] + 1
-        print(f"{err}: stopped; {out / 'last.pt'} holds {done} finished epochs; "
+        rank = f"rank {rt.dist.rank}: " if rt.dist.enabled else ""
+        print(f"{rank}{err}: stopped before step {err.step + 1} of epoch {err.epoch + 1}; "
+              f"{out / 'last.pt'} holds {done} finished epochs; "
               f"continue with: condnet train --resume {out}", file=sys.stderr)  # fmt: skip
         raise
     finally:
