@@ -237,7 +237,8 @@ def train(
     """Train per `cfg`, writing metrics and checkpoints to `out`; returns the metrics records.
 
     `stop_after` ends the run after that many epochs in all (resumable, schedule unchanged).
-    SIGINT or SIGTERM stops it after the current step with `last.pt` resumable.
+    SIGINT or SIGTERM stops it after the current step with `last.pt` resumable (under DDP,
+    a signal to any rank stops every rank before the same step).
     """
     out = Path(out)
     rt = make_runtime(cfg.run)
