@@ -191,7 +191,10 @@ def test_checkpoint_contents_and_evaluate_matches_log(tmp_path, capsys):
         assert result["loss"] == pytest.approx(metrics[epoch]["val_loss"], rel=1e-5)
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "last.pt"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["top5"] == pytest.approx(metrics[2]["val_top5"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["top5"] == pytest.approx(metrics[2]["val_top5"]) and result["precision"] == "fp32"
+    assert main(["evaluate", str(tmp_path / "last.pt")]) == 0
+    assert f"images, fp32 on {result['device']})" in capsys.readouterr().out
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):
