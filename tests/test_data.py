@@ -18,7 +18,6 @@ from condnet.data.safe_pickle import load_pickle
 from condnet.errors import CondnetError
 from tests.helpers import write_cifar10, write_idx, write_imagefolder, write_imagenet64
 
-
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 

@@ -79,7 +79,7 @@ def test_precision_and_device_are_recorded_per_run(tmp_path):
     record = json.loads((tmp_path / "paper-standard" / "metrics.jsonl").read_text())
     assert record["precision"] == "fp32" and record["device"].startswith("CPU: ")  # no CUDA here
     assert load_checkpoint(tmp_path / "paper-standard" / "last.pt")["metrics"][0]["precision"] == "fp32"
-    path, rows = build_report(tmp_path, ["paper-standard"])
+    path, _ = build_report(tmp_path, ["paper-standard"])
     report = path.read_text()
     assert f"| paper-standard | 1 | fp32 | {record['device']} |" in report
     assert f"- training of paper-standard: fp32 on {record['device']}" in report

@@ -28,10 +28,10 @@ class StopSignals:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, ctx: Dist = Dist()) -> None:
+    def __init__(self, ctx: Dist | None = None) -> None:
         self.received: int | None = None
         self._previous: dict[int, object] = {}
-        self._ctx = ctx
+        self._ctx = ctx or Dist()
         self._vote: StopVote | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -45,7 +45,7 @@ class StopSignals:
             self._vote = StopVote()
         return self
 
-    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         if self._vote is not None and exc_type is None:
