@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from condnet.bundle import Bundle, read_metadata
 from condnet.errors import CondnetError
+from condnet.files import write_atomically
 from condnet.fuse import fuse
 from condnet.models.condconv import set_formulation
-from condnet.weights import write_atomically
 
 OPSET = 17
 INPUT_NAME = "images"

@@ -8,8 +8,6 @@ model from the file alone. safetensors runs no code on load, unlike a pickle.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -18,6 +16,7 @@ from safetensors.torch import save_file
 from condnet.bundle import Bundle, read_metadata
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.errors import CondnetError
+from condnet.files import write_atomically
 from condnet.models import CondNet
 
 WEIGHTS_SUFFIX = ".safetensors"
@@ -28,24 +27,6 @@ def save_weights(bundle: Bundle, path: str | os.PathLike) -> None:
     state = {k: v.detach().contiguous() for k, v in bundle.model.state_dict().items()}
     metadata = {"format": "pt", **bundle.metadata()}
     write_atomically(path, lambda tmp: save_file(state, tmp, metadata=metadata))
-
-
-def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write` on a temporary file beside `path`, then rename it to `path`.
-
-    A crash leaves either the previous file or the new one, never a partial one.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise CondnetError(f"cannot write {path}: no such folder {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_weights(path: str | os.PathLike) -> Bundle:

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from condnet.config import Config, from_dict
+from condnet.data.sources import Split
 
 TINY_MODEL = {"widths": [8, 8, 16, 16, 24, 24], "repeats": 1, "head_channels": 32}
 
@@ -26,6 +27,13 @@ def tiny_config(**overrides) -> Config:
         "run": {"deterministic": True, "channels_last": False, "threads": 1},
     }  # fmt: skip
     return from_dict(data, overrides)
+
+
+def tiny_array_split() -> Split:
+    """Twelve 16 x 16 RGB images in memory, three classes."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    return Split(images, np.arange(12) % 3, ["a", "b", "c"])
 
 
 def write_imagefolder(root: Path, classes=("cat", "dog", "fish"), per_class: int = 4) -> Path:

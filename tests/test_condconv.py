@@ -130,3 +130,31 @@ def test_auto_picks_the_stacked_form_for_small_1x1_maps(monkeypatch):
     shapes = spy_conv2d(monkeypatch, lambda a, k: a[1].shape)
     layer(torch.randn(5, 6, 4, 4), torch.rand(5, 4))
     assert shapes == [torch.Size([8, 24, 1, 1])]  # one dense conv over 4 scaled input copies
+
+
+
+def every_path(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The layer's output by each way it can compute, `auto`'s stacked form included."""
+    outs = {}
+    for formulation in FORMULATIONS:
+        layer.formulation = formulation
+        outs[formulation] = layer(x, r)
+    if layer.kernel_size == (1, 1) and layer.groups == 1:  # `auto` never stacks a grouped conv
+        outs["stacked"] = layer._forward_stacked(x, r)
+    return outs
+
+
+@pytest.mark.parametrize("padding", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_padding_is_honoured_as_by_conv2d(padding, stride, groups, kernel_size):
+    layer = CondConv2d(4, 6, kernel_size, stride, padding, groups, num_experts=3, bias=True)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x, r = torch.randn(3, 4, 5, 5), torch.rand(3, 3)
+    want = naive(layer, x, r) + layer.bias[:, None, None]
+    plain = torch.nn.Conv2d(4, 6, kernel_size, stride, padding, groups=groups)
+    assert want.shape == plain(x).shape  # the reference has nn.Conv2d's output size
+    for name, out in every_path(layer, x, r).items():
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5, msg=name)

@@ -1,6 +1,10 @@
 """Each data source reads its on-disk format; subsets; transforms; safe unpickling."""
 
+import builtins
+import os
 import pickle
+import tracemalloc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +14,11 @@ import torch
 from condnet.config import from_dict
 from condnet.data import sources
 from condnet.data.datasets import load_splits, make_datasets, subset
+from condnet.data.safe_pickle import load_pickle
 from condnet.errors import CondnetError
 from tests.helpers import write_cifar10, write_idx, write_imagefolder, write_imagenet64
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
 def data_cfg(**data):
@@ -42,6 +49,41 @@ def test_imagenet64_subset_reindexed(tmp_path, npz):
     assert all(img[0, 0, 0] == original[lab] for img, lab in zip(train.images, train.labels))
 
 
+def traced_peak(function, *args):
+    """`function(*args)` and the peak of the memory Python and NumPy allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        result = function(*args)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("npz", [False, True])
+def test_imagenet64_holds_one_batch_at_a_time(tmp_path, monkeypatch, npz):
+    rng = np.random.default_rng(1)
+    batches = [tuple(rng.integers(1, 101, 300).tolist()) for _ in range(8)]
+    root = write_imagenet64(tmp_path / "in64", batches, npz=npz)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("".join(f"{c}\n" for c in range(1, 11)))  # 10 of 100 classes
+    _, one_batch = traced_peak(sources._load_batch, sources._find_batches(root, "train_data")[0])
+    held, load_batch = [], sources._load_batch
+
+    def only_one_held(path):
+        assert all(ref() is None for ref in held), f"{path} read while an earlier batch is held"
+        images, labels = load_batch(path)
+        held.append(weakref.ref(images))
+        return images, labels
+
+    monkeypatch.setattr(sources, "_load_batch", only_one_held)
+    (train, _), peak = traced_peak(sources.read_imagenet64, root, classes)
+    assert len(held) == 9  # 8 training batches and the validation batch
+    assert 0 < len(train) < len(batches) * 300 / 5
+    # Reading one batch, plus what is kept (twice while it is assembled); reading every batch
+    # before choosing would need more than 8 batches.
+    assert peak < one_batch + 2 * train.images.nbytes
+
+
 def test_imagenet64_refuses_code_in_pickles(tmp_path):
     root = tmp_path / "in64"
     root.mkdir()
@@ -56,6 +98,64 @@ def test_imagenet64_refuses_code_in_pickles(tmp_path):
     with pytest.raises(CondnetError, match="refused"):
         load_splits(data_cfg(source="imagenet64", root=str(root), classes=str(tmp_path / "c.txt")), 0)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_numpy_pickles_of_every_protocol_load(tmp_path, protocol):
+    batch = {"data": np.arange(24, dtype=np.uint8).reshape(2, 12), "labels": [3, 1],
+             "strided": np.arange(12.0).reshape(3, 4).T, "mean": np.float32(0.5),
+             "name": b"x"}  # fmt: skip
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps(batch, protocol=protocol))
+    if protocol == 5:  # NumPy's protocol-5 form: the array rebuilt from its bytes
+        assert b"_frombuffer" in path.read_bytes()
+    loaded = load_pickle(path)
+    for key in ("data", "strided"):
+        assert loaded[key].dtype == batch[key].dtype and np.array_equal(loaded[key], batch[key])
+    assert loaded["labels"] == [3, 1] and loaded["name"] == b"x"
+    assert loaded["mean"] == np.float32(0.5)
+
+
+class Call:
+    """Pickles as a call of `function(*args)`: what a malicious batch file holds."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def attacks(marker: Path) -> dict[str, object]:
+    evil_npy = marker.with_name("evil.npy")
+    np.save(evil_npy, np.array([Call(Path.touch, marker)], dtype=object), allow_pickle=True)
+    touch = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    frombuffer = np._core.numeric._frombuffer  # admitted: the attack hides in its arguments
+    return {
+        "os.system": Call(os.system, f"touch {marker}"),
+        "builtins.eval": Call(builtins.eval, touch),
+        "numpy.load": Call(np.load, str(evil_npy), None, True),  # unpickles with plain pickle
+        "numpy runstring": Call(np.testing._private.utils.runstring, touch, {}),  # exec
+        "inside an array": Call(frombuffer, Call(os.system, f"touch {marker}"), "u1", (1,), "C"),
+    }
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_attack_pickles_are_refused_without_running(tmp_path, protocol):
+    marker = tmp_path / "code-ran"
+    for name, payload in attacks(marker).items():
+        path = tmp_path / "batch"
+        path.write_bytes(pickle.dumps({"data": payload, "labels": [1]}, protocol=protocol))
+        with pytest.raises(CondnetError, match="refused to unpickle: refused global"):
+            load_pickle(path)
+        assert not marker.exists(), name
+
+
+def test_out_of_band_buffers_are_a_clear_error(tmp_path):
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps(np.zeros(3), protocol=5, buffer_callback=lambda buffer: False))
+    with pytest.raises(CondnetError, match="refused to unpickle.*out-of-band"):
+        load_pickle(path)
 
 
 def test_class_list_errors(tmp_path):
@@ -74,6 +174,56 @@ def test_cifar10(tmp_path):
     train, val = load_splits(data_cfg(source="cifar10", root=str(tmp_path)), 0)
     assert len(train) == 30 and len(val) == 6 and train.class_names[3] == "c3"
     assert train.images.shape[1:] == (32, 32, 3)
+
+
+@pytest.fixture
+def fake_cifar_download(monkeypatch):
+    """Replaces the network: a download writes `batches` (name -> batch) into the CIFAR-10
+    folder; returns the list of fetched URLs."""
+    import torchvision.datasets as tvd
+
+    fetched, batches = [], {}
+
+    def download(url, root, *args, **kwargs):
+        fetched.append(url)
+        folder = write_cifar10(Path(root)) / "cifar-10-batches-py"
+        for name, batch in batches.items():
+            (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+    for module in (tvd.utils, tvd.cifar):  # wherever the code looks it up
+        monkeypatch.setattr(module, "download_and_extract_archive", download, raising=False)
+    monkeypatch.setattr(tvd.CIFAR10, "_check_integrity", lambda self: bool(fetched))  # no MD5
+    return fetched, batches
+
+
+def test_cifar_download_is_read_like_a_local_folder(tmp_path, fake_cifar_download):
+    fetched, _ = fake_cifar_download
+    train, val = load_splits(data_cfg(source="cifar10", root=str(tmp_path), download=True), 0)
+    assert len(train) == 30 and len(val) == 6 and fetched == [CIFAR10_URL]
+    load_splits(data_cfg(source="cifar10", root=str(tmp_path), download=True), 0)
+    assert len(fetched) == 1  # present now: not fetched again
+
+
+def test_cifar_download_refuses_code_in_pickles(tmp_path, fake_cifar_download):
+    _, batches = fake_cifar_download
+    marker = tmp_path / "code-ran"
+    batches["data_batch_1"] = {"data": Call(os.system, f"touch {marker}"), "labels": [1]}
+    with pytest.raises(CondnetError, match="data_batch_1: refused to unpickle"):
+        load_splits(data_cfg(source="cifar10", root=str(tmp_path / "data"), download=True), 0)
+    assert not marker.exists()
+
+
+def test_cifar_download_without_a_network_is_one_line(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets as tvd
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(tvd.utils, "download_and_extract_archive", offline)
+    with pytest.raises(CondnetError, match="data.download: cannot fetch .*name resolution"):
+        load_splits(data_cfg(source="cifar10", root=str(tmp_path), download=True), 0)
 
 
 def test_idx_files(tmp_path):

@@ -3,8 +3,12 @@
 import json
 import math
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -122,6 +126,58 @@ def test_resume_is_bit_identical(tmp_path, stop_after):
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
 
 
+def test_optimizer_settings_changed_on_resume_are_applied(tmp_path, capsys):
+    cfg = tiny_config(**{"model.name": "paper-condconv", "train.epochs": 1})
+    train(cfg, tmp_path, progress=False)
+    changed = {"train.weight_decay": 0.001, "train.momentum": 0.5, "train.nesterov": False,
+               "train.routing_lr_scale": 0.1, "train.epochs": 2}  # fmt: skip
+    capsys.readouterr()
+    settings = [f"{key}={value}" for key, value in changed.items()]
+    assert main(["train", "--resume", str(tmp_path), "--set", *settings]) == 0
+    assert "train.weight_decay 5e-05 -> 0.001" in capsys.readouterr().err
+    state = load_checkpoint(tmp_path / "last.pt")
+    lr = state["metrics"][-1]["lr"]
+    for group in state["optimizer"]["param_groups"]:  # as the second epoch trained
+        assert (group["weight_decay"], group["momentum"], group["nesterov"]) == (0.001, 0.5, False)
+        scale = 0.1 if group["routing"] else 1.0
+        assert group["lr_scale"] == scale and group["lr"] == pytest.approx(lr * scale)
+    before = {key: [getattr(cfg.train, key[6:]), value] for key, value in changed.items()}
+    assert state["resumes"] == [{"epoch": 1, "changes": before}]
+    assert load_config(tmp_path / "config.yaml").train.weight_decay == 0.001
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one-epoch")
+    train(tiny_config(**{"train.epochs": 1}), out, progress=False)
+    return out
+
+
+@pytest.mark.parametrize(
+    "setting", ["model.name=paper-se", "model.overrides.num_experts=8", "data.crop=12",
+                "data.synthetic_classes=5", "run.seed=3"],
+)  # fmt: skip
+def test_settings_that_cannot_change_on_resume_are_refused(one_epoch_run, capsys, setting):
+    files = {p: p.read_bytes() for p in one_epoch_run.rglob("*") if p.is_file()}
+    assert main(["train", "--resume", str(one_epoch_run), "--set", setting, "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{setting.split('=')[0]}: cannot change on resume" in err
+    assert {p: p.read_bytes() for p in one_epoch_run.rglob("*") if p.is_file()} == files
+
+
+def test_resume_on_other_classes_is_refused(tmp_path, capsys):
+    from tests.helpers import write_imagefolder
+
+    first = write_imagefolder(tmp_path / "a")
+    other = write_imagefolder(tmp_path / "b", ("ant", "bee", "cow"))
+    cfg = tiny_config(**{"data.source": "imagefolder", "data.root": str(first), "train.epochs": 1})
+    train(cfg, tmp_path / "run", progress=False)
+    resume = ["train", "--resume", str(tmp_path / "run"), "--set", "train.epochs=2"]
+    assert main([*resume, f"data.root={other}"]) == 2
+    assert "classes are not the checkpoint's" in capsys.readouterr().err
+    assert main([*resume, f"data.root={first}"]) == 0  # the same data moved: resumes
+
+
 def test_checkpoint_contents_and_evaluate_matches_log(tmp_path, capsys):
     metrics = train(tiny_config(), tmp_path, progress=False)
     state = load_checkpoint(tmp_path / "last.pt")
@@ -135,7 +191,10 @@ def test_checkpoint_contents_and_evaluate_matches_log(tmp_path, capsys):
         assert result["loss"] == pytest.approx(metrics[epoch]["val_loss"], rel=1e-5)
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "last.pt"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["top5"] == pytest.approx(metrics[2]["val_top5"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["top5"] == pytest.approx(metrics[2]["val_top5"]) and result["precision"] == "fp32"
+    assert main(["evaluate", str(tmp_path / "last.pt")]) == 0
+    assert f"images, fp32 on {result['device']})" in capsys.readouterr().out
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):
@@ -173,3 +232,53 @@ def test_epoch_eval_subset_is_fixed_and_class_balanced(tmp_path, monkeypatch):
     train(tiny_config(**{"train.epoch_eval_subset": 12}), tmp_path, progress=False)
     assert seen[0] == seen[1] == sorted([0, 1, 2, 3] * 3)  # 3 of each of the 4 classes, every epoch
     assert len(seen[2]) == 48  # the last epoch: the whole validation set
+
+
+def start_ranks(args: list[str], world: int = 2) -> list[subprocess.Popen]:
+    """`condnet <args>` in `world` processes joined by gloo, as torchrun would start them."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                   LOCAL_RANK=str(rank))  # fmt: skip
+        command = [sys.executable, "-m", "condnet.cli", *args]
+        procs.append(subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+    return procs
+
+
+def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
+    """Each rank's exit status and standard error (a rank still running after 2 minutes is
+    killed: a rank left alone in a collective would wait for its peers for half an hour)."""
+    try:
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [(p.returncode, err) for p, err in zip(procs, errors)]
+
+
+def test_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 3, "data.synthetic_images": 320})
+    cfg.save(tmp_path / "cfg.yaml")
+    run = tmp_path / "run"
+    procs = start_ranks(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(run)])
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
+        assert time.time() < deadline and procs[0].poll() is None, "no epoch finished"
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)  # one rank only, somewhere in the second epoch
+    stops = set()
+    for rank, (status, err) in enumerate(finish(procs)):
+        assert status == 128 + signal.SIGTERM and "Traceback" not in err, err[-2000:]
+        said = re.findall(rf"rank {rank}: SIGTERM: stopped before (step \d+ of epoch \d+)", err)
+        stops.update(said)
+    assert len(stops) == 1  # both ranks said where, and it is the same step
+    # The checkpoint holds the last finished epoch, which the metrics end with.
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(len(epochs)))
+    assert load_checkpoint(run / "last.pt")["epoch"] == epochs[-1]

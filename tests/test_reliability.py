@@ -19,12 +19,15 @@ import torch
 from PIL import Image
 
 from condnet.cli import main
+from condnet.data import cache as cache_module
+from condnet.data.cache import load_cached
 from condnet.data.images import BadImage, load_rgb
 from condnet.engine import checkpoint as ckpt_module
 from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
-from condnet.engine.trainer import resume_config, train
+from condnet.engine.metrics import read_metrics
+from condnet.engine.trainer import evaluate_checkpoint, resume_config, train
 from condnet.errors import CondnetError
-from tests.helpers import tiny_config, write_imagefolder
+from tests.helpers import tiny_array_split, tiny_config, write_imagefolder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,6 +122,20 @@ def test_on_bad_image_error_stops_with_one_line(tmp_path, capfd):
     assert len(err) == 1 and "data.on_bad_image=error" in err[0] and "Traceback" not in err[0]
 
 
+@pytest.mark.parametrize("pipeline", ["torchvision", "tensor"])
+def test_evaluation_honours_on_bad_image_error(tmp_path, pipeline):
+    root = write_imagefolder(tmp_path / "data", per_class=6)
+    write_bad_images(root / "val" / "dog")  # training reads only good files
+    settings = {"data.pipeline": pipeline, "data.cache": str(tmp_path / "cache")}
+    train(image_config(root, **settings), tmp_path / "run", progress=False)  # skips them
+    error = {**settings, "data.on_bad_image": "error"}
+    with pytest.raises(CondnetError, match="val/dog/.*data.on_bad_image=error"):
+        evaluate_checkpoint(tmp_path / "run" / "last.pt", error)
+    with pytest.raises(CondnetError, match="val/dog/.*data.on_bad_image=error"):
+        train(image_config(root, **error), tmp_path / "strict", progress=False)
+    assert read_metrics(tmp_path / "strict") == []  # no epoch was recorded
+
+
 # --- data layout and class lists --------------------------------------------------------------
 
 
@@ -209,7 +226,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, capsys):
 def test_checkpoint_for_another_network_or_class_count(tmp_path, capsys):
     run = small_run(tmp_path)
     assert main(["train", "--resume", str(run), "--set", "model.name=paper-se", "train.epochs=2"]) == 2
-    assert "does not fit this run's network" in capsys.readouterr().err
+    assert "model.name: cannot change on resume" in capsys.readouterr().err
     assert main(["evaluate", str(run / "last.pt"), "--set", "data.synthetic_classes=7"]) == 2
     assert "the data has 7 classes, the checkpoint 4" in capsys.readouterr().err
 
@@ -268,6 +285,93 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         train(cfg, tmp_path / "run", progress=False)
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["epoch"] == -1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+# --- the tensor pipeline's cache --------------------------------------------------------------
+
+
+def counting_builds(monkeypatch) -> list:
+    builds, real = [], cache_module._build
+    monkeypatch.setattr(cache_module, "_build", lambda *a: builds.append(1) or real(*a))
+    return builds
+
+
+def failing_at(call: int, fault: BaseException, real):
+    """`real`, except that its `call`-th call raises `fault`."""
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise fault
+        return real(*args, **kwargs)
+
+    return fake
+
+
+FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize(
+    "owner, name, call, fault",
+    [
+        (os, "posix_fallocate", 1, FULL_DISK),  # the images' file cannot be allocated
+        (cache_module, "_on_canvas", 5, FULL_DISK),  # a write fails half-way
+        (cache_module, "_save_npy", 2, FULL_DISK),  # after the images, before the manifest
+        (cache_module, "_on_canvas", 5, KeyboardInterrupt()),  # Ctrl-C half-way
+    ],
+)
+def test_cache_build_stopped_is_never_taken_as_complete(tmp_path, monkeypatch, owner, name,
+                                                        call, fault):  # fmt: skip
+    split, folder = tiny_array_split(), tmp_path / "cache"
+    monkeypatch.setattr(owner, name, failing_at(call, fault, getattr(owner, name)))
+    with pytest.raises((CondnetError, KeyboardInterrupt)) as stopped:
+        load_cached(split, folder, 16, 16)
+    assert isinstance(stopped.value, type(fault)) or f"{folder}: cannot write" in str(stopped.value)
+    monkeypatch.undo()
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+    builds = counting_builds(monkeypatch)
+    cached = load_cached(split, folder, 16, 16)
+    assert builds == [1] and np.array_equal(cached.images, split.images)
+
+
+KILLED_BUILD = """
+import sys, time
+from pathlib import Path
+from condnet.data import cache
+from tests.helpers import tiny_array_split
+
+def stuck(*args, **kwargs):
+    print("building", flush=True)
+    time.sleep(60)  # killed here
+
+setattr(cache, sys.argv[2], stuck)
+cache.load_cached(tiny_array_split(), Path(sys.argv[1]), 16, 16)
+"""
+
+
+@pytest.mark.parametrize("stage", ["_on_canvas", "_save_npy"])  # decoding; images.npy written
+def test_cache_build_killed_is_rebuilt_and_cleaned(tmp_path, monkeypatch, stage):
+    folder = tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(folder), stage], cwd=ROOT,
+                            stdout=subprocess.PIPE, env=env)  # fmt: skip
+    assert proc.stdout.readline() == b"building\n"
+    proc.kill()
+    proc.wait()
+    builds = counting_builds(monkeypatch)
+    cached = load_cached(tiny_array_split(), folder, 16, 16)
+    assert builds == [1] and np.array_equal(cached.images, tiny_array_split().images)
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]  # the killed one's
+
+
+def test_cache_with_a_torn_file_is_rebuilt(tmp_path, monkeypatch):
+    split, folder = tiny_array_split(), tmp_path / "cache"
+    load_cached(split, folder, 16, 16)
+    data = (folder / "images.npy").read_bytes()
+    (folder / "images.npy").write_bytes(data[: len(data) // 2])  # e.g. a copy cut short
+    builds = counting_builds(monkeypatch)
+    assert np.array_equal(load_cached(split, folder, 16, 16).images, split.images) and builds == [1]
 
 
 SAVE_LOOP = """

@@ -9,7 +9,7 @@ from condnet.cli import main
 from condnet.config import load_config
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.trainer import train
-from condnet.report.build import MODELS
+from condnet.report.build import MODELS, build_report
 from condnet.reproduce import reproduce
 from tests.helpers import tiny_config
 
@@ -108,3 +108,40 @@ def test_reproduce_side_by_side_names_a_failed_block(tmp_path, tiny_yaml, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("condnet reproduce: error: training failed: paper-se (exit status ")
     assert load_checkpoint(out / "paper-condconv" / "last.pt")["epoch"] == 1  # the others still ran
+
+
+def test_precision_and_device_are_recorded_per_run(tmp_path):
+    train(tiny_config(**{"train.epochs": 1}), tmp_path / "paper-standard", progress=False)
+    record = json.loads((tmp_path / "paper-standard" / "metrics.jsonl").read_text())
+    assert record["precision"] == "fp32" and record["device"].startswith("CPU: ")  # no CUDA here
+    assert load_checkpoint(tmp_path / "paper-standard" / "last.pt")["metrics"][0]["precision"] == "fp32"
+    path, _ = build_report(tmp_path, ["paper-standard"])
+    report = path.read_text()
+    assert f"| paper-standard | 1 | fp32 | {record['device']} |" in report
+    assert f"- training of paper-standard: fp32 on {record['device']}" in report
+    # A run from before precision was recorded says so.
+    del record["precision"], record["device"]
+    (tmp_path / "paper-standard" / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    report = build_report(tmp_path, ["paper-standard"])[0].read_text()
+    assert "| paper-standard | 1 | unknown | unknown |" in report
+
+
+def test_amp_off_on_cuda_is_exact_fp32(monkeypatch):
+    import torch
+
+    from condnet.config import RunConfig
+    from condnet.engine.distributed import Dist
+    from condnet.engine.runtime import Runtime, make_runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the flags, without a GPU
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+    try:
+        for amp in (True, False):
+            rt = make_runtime(RunConfig(device="cuda", amp=amp))
+            assert rt.amp is amp and torch.backends.cudnn.allow_tf32 is amp
+            assert torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+    cpu = Runtime(torch.device("cpu"), Dist(rank=0, world=2), amp=True, channels_last=False)
+    assert cpu.record()["precision"] == "bf16 autocast" and cpu.record()["device"].endswith(" x 2")

@@ -26,5 +26,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(f"{result['checkpoint']} (epoch {result['epoch'] + 1}): loss {result['loss']:.4f}  "
-              f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  ({result['count']} images)")
+              f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
+              f"({result['count']} images, {result['precision']} on {result['device']})")
     return 0

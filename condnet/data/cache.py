@@ -13,6 +13,9 @@ the array's bytes; the labels; the sizes): a cache whose fingerprint differs is 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -20,7 +23,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +38,7 @@ from condnet.config import DataConfig
 from condnet.data.images import BadImage, load_rgb
 from condnet.data.sources import Split
 from condnet.errors import CondnetError
+from condnet.files import fsync_dir, write_atomically
 
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -98,74 +102,128 @@ def load_cached(
     split: Split, folder: Path, size: int, crop: int, on_bad_image: str = "skip",
     workers: int = 0, progress: bool = False, report: bool = True, build: bool = True,
 ) -> CachedSplit:  # fmt: skip
-    """The split's cache in `folder`, built first when missing or stale.
+    """The split's cache in `folder`, built first when missing, stale or incomplete.
 
     Unreadable files are left out with one warning line each (`on_bad_image="error"`: the first
-    stops the build); `report` repeats their count in one line when an existing cache is used.
-    `build=False` waits for another process (DDP rank 0) to build it: polling a file, not a
-    collective, so a long build cannot time out the process group.
+    stops the build, and a cache that left files out is refused); `report` repeats their count
+    in one line when an existing cache is used. `build=False` waits for another process (DDP
+    rank 0) to build it: polling a file, not a collective, so a long build cannot time out the
+    process group.
     """
     longest = long_side(size, crop)
     key = fingerprint(split, size, longest)
-    manifest = _read_manifest(folder)
-    built = build and manifest.get("fingerprint") != key
-    if built:
-        _build(split, folder, size, longest, key, on_bad_image, workers, progress)
-        manifest = _read_manifest(folder)
-    while manifest.get("fingerprint") != key:
+    cached, built = _open(folder, key), False
+    if cached is None and build:
+        with _build_lock(folder):
+            cached = _open(folder, key)  # another process may have built it meanwhile
+            if cached is None:
+                _build(split, folder, size, longest, key, on_bad_image, workers, progress)
+                cached, built = _open(folder, key), True
+        if cached is None:
+            raise CondnetError(f"{folder}: the cache just written does not read back")
+    while cached is None:
         time.sleep(1)
-        manifest = _read_manifest(folder)
-    if manifest["skipped"] and report and not built:
-        print(f"warning: {folder}: {len(manifest['skipped'])} unreadable images were left out "
+        cached = _open(folder, key)
+    if cached.skipped and on_bad_image == "error":  # left out by an earlier build
+        raise CondnetError(f"{cached.skipped[0]} (data.on_bad_image=error; "
+                           f"left out of the cache in {folder})")  # fmt: skip
+    if cached.skipped and report and not built:
+        print(f"warning: {folder}: {len(cached.skipped)} unreadable images were left out "
               f"(listed in {MANIFEST})", file=sys.stderr)  # fmt: skip
-    count = manifest["count"]
-    images = np.load(folder / "images.npy", mmap_mode="r")[:count]
-    sizes, labels = np.load(folder / "sizes.npy"), np.load(folder / "labels.npy")
-    return CachedSplit(images, sizes, labels, manifest["skipped"])
+    return cached
 
 
-def _read_manifest(folder: Path) -> dict:
+def _open(folder: Path, key: str) -> CachedSplit | None:
+    """The cache in `folder` if it is current and complete: its manifest (written last) has
+    fingerprint `key`, and every file reads back with the shapes the manifest gives."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return {}
-    files = ("images.npy", "sizes.npy", "labels.npy")
-    return manifest if all((folder / f).is_file() for f in files) else {}
+        if manifest.get("fingerprint") != key:
+            return None
+        count, canvas = manifest["count"], tuple(manifest["canvas"])
+        images = np.load(folder / "images.npy", mmap_mode="r")  # a short file fails here
+        sizes, labels = np.load(folder / "sizes.npy"), np.load(folder / "labels.npy")
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
+    if images.shape[0] < count or images.shape[1:] != (*canvas, 3):
+        return None
+    if sizes.shape != (count, 2) or labels.shape != (count,):
+        return None
+    return CachedSplit(images[:count], sizes, labels, manifest["skipped"])
+
+
+@contextlib.contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """One builder per folder at a time; the kernel releases the lock when its holder dies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _build(split: Split, folder: Path, size: int, longest: int, key: str, on_bad_image: str,
            workers: int, progress: bool) -> None:  # fmt: skip
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write the cache's files, the manifest last, under the build lock. Until the manifest is
+    renamed into place the folder reads as incomplete, whatever stops the build (kill -9, a
+    full disk, Ctrl-C); the next build removes what a killed one left."""
     (folder / MANIFEST).unlink(missing_ok=True)  # invalid from here until the new one is written
+    fsync_dir(folder)
+    for stale in folder.glob(".*.tmp"):  # a killed builder's files: no live builder holds the lock
+        stale.unlink(missing_ok=True)
     canvas = _canvas(split, size, longest)
-    temp = folder / f"images.npy.{os.getpid()}.tmp"
-    images = np.lib.format.open_memmap(
-        temp, mode="w+", dtype=np.uint8, shape=(len(split), *canvas, 3)
-    )
-    sizes, kept, skipped = np.zeros((len(split), 2), np.int64), [], []
-    try:
-        bar = tqdm(_decoded(split, size, longest, workers), total=len(split), disable=not progress,
+    decoded = tqdm(_decoded(split, size, longest, workers), total=len(split), disable=not progress,
                    desc=f"caching {folder.name}", leave=False, dynamic_ncols=True)  # fmt: skip
-        for index, image in enumerate(bar):
-            if isinstance(image, str):  # an unreadable file's message
-                if on_bad_image == "error":
-                    raise CondnetError(f"{image} (data.on_bad_image=error)")
-                print(f"warning: skipped {image}", file=sys.stderr)
-                skipped.append(image)
-                continue
-            images[len(kept)] = _on_canvas(image, canvas)
-            sizes[len(kept)] = image.shape[:2]
-            kept.append(index)
-        images.flush()
-        del images
-        os.replace(temp, folder / "images.npy")
-    finally:
-        temp.unlink(missing_ok=True)
-    _save_npy(folder / "sizes.npy", sizes[: len(kept)])
-    _save_npy(folder / "labels.npy", np.asarray(split.labels, dtype=np.int64)[kept])
-    manifest = {"version": VERSION, "fingerprint": key, "count": len(kept), "size": size,
-                "long_side": longest, "canvas": list(canvas), "skipped": skipped}  # fmt: skip
-    _write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    found = []  # what the decoding kept: filled in by the images' writer
+    try:
+        write_atomically(folder / "images.npy",
+                         lambda tmp: found.append(_decode_into(tmp, decoded, len(split), canvas,
+                                                               on_bad_image)))  # fmt: skip
+        sizes, kept, skipped = found[0]
+        labels = np.asarray(split.labels, dtype=np.int64)[kept]
+        write_atomically(folder / "sizes.npy", partial(_save_npy, array=sizes))
+        write_atomically(folder / "labels.npy", partial(_save_npy, array=labels))
+        manifest = {"version": VERSION, "fingerprint": key, "count": len(kept), "size": size,
+                    "long_side": longest, "canvas": list(canvas), "skipped": skipped}  # fmt: skip
+        text = json.dumps(manifest, indent=1)
+        write_atomically(folder / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+    except OSError as err:
+        raise CondnetError(f"{folder}: cannot write the cache ({err.strerror or err}); "
+                           "free space there or set data.cache to another folder") from None
+
+
+def _decode_into(
+    path: str, decoded: Iterable[np.ndarray | str], count: int, canvas: tuple[int, int],
+    on_bad_image: str,
+) -> tuple[np.ndarray, list[int], list[str]]:  # fmt: skip
+    """Write the `count` `decoded` images to an images.npy at `path`, each on `canvas`; returns
+    the kept images' sizes, their indices in the split, and the unreadable files' messages."""
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, *canvas, 3))
+    _reserve(path)
+    sizes, kept, skipped = np.zeros((count, 2), np.int64), [], []
+    for index, image in enumerate(decoded):
+        if isinstance(image, str):  # an unreadable file's message
+            if on_bad_image == "error":
+                raise CondnetError(f"{image} (data.on_bad_image=error)")
+            print(f"warning: skipped {image}", file=sys.stderr)
+            skipped.append(image)
+            continue
+        images[len(kept)] = _on_canvas(image, canvas)
+        sizes[len(kept)] = image.shape[:2]
+        kept.append(index)
+    images.flush()
+    return sizes[: len(kept)], kept, skipped
+
+
+def _reserve(path: str) -> None:
+    """Allocate the memory-mapped file's blocks now: on a full disk a write through the map
+    kills the process with SIGBUS, while this fails first with ENOSPC."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # A file system without fallocate: the blocks are allocated as they are written.
 
 
 def _canvas(split: Split, size: int, longest: int) -> tuple[int, int]:
@@ -217,14 +275,6 @@ def _on_canvas(image: np.ndarray, canvas: tuple[int, int]) -> np.ndarray:
     return np.pad(image, ((0, canvas[0] - height), (0, canvas[1] - width), (0, 0)), mode="edge")
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with temp.open("wb") as f:
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to a name
         np.save(f, array)
-    os.replace(temp, path)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    temp.write_bytes(data)
-    os.replace(temp, path)

@@ -127,6 +127,34 @@ def _find_batches(root: Path, stem: str) -> list[Path]:
     return found
 
 
+def _wanted_rows(paths: list[Path], lookup: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The images of the wanted classes in `paths`, and their labels mapped through `lookup`
+    (-1: not wanted), read one batch at a time: the peak is one batch plus what is kept."""
+    parts, labels = [], []
+    for path in paths:
+        images, original = _load_batch(path)
+        mapped = np.where(original < len(lookup), lookup[np.minimum(original, len(lookup) - 1)], -1)
+        keep = mapped >= 0
+        parts.append(images[keep])  # a copy of the kept rows; the batch is freed next round
+        labels.append(mapped[keep])
+        del images  # else the next batch is read while this one is still held
+    return _concatenate_freeing(parts), np.concatenate(labels)
+
+
+def _concatenate_freeing(parts: list[np.ndarray]) -> np.ndarray:
+    """`np.concatenate(parts)`, emptying `parts` as it goes: each part is freed once copied, and
+    the result's pages are only touched as they are filled, so the resident peak stays near
+    the total rather than twice it."""
+    out = np.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), dtype=parts[0].dtype)
+    start = 0
+    while parts:
+        part = parts.pop(0)
+        out[start : start + len(part)] = part
+        start += len(part)
+        del part
+    return out
+
+
 def read_imagenet64(root: Path, classes: Path | None) -> tuple[Split, Split]:
     if classes is None:
         raise CondnetError("data.classes: imagenet64 needs a class-list file (one label a line)")
@@ -136,12 +164,8 @@ def read_imagenet64(root: Path, classes: Path | None) -> tuple[Split, Split]:
     lookup[wanted] = np.arange(len(wanted))
 
     def split(stem: str) -> Split:
-        parts = [_load_batch(p) for p in _find_batches(root, stem)]
-        images = np.concatenate([p[0] for p in parts])
-        labels = np.concatenate([p[1] for p in parts])
-        mapped = np.where(labels < len(lookup), lookup[np.minimum(labels, len(lookup) - 1)], -1)
-        keep = mapped >= 0
-        return Split(images[keep], mapped[keep], names)
+        images, labels = _wanted_rows(_find_batches(root, stem), lookup)
+        return Split(images, labels, names)
 
     train, val = split("train_data_batch"), split("val_data")
     missing = sorted(set(range(len(wanted))) - set(train.labels.tolist()))
@@ -156,9 +180,7 @@ def read_imagenet64(root: Path, classes: Path | None) -> tuple[Split, Split]:
 def read_cifar(root: Path, num_classes: int, download: bool) -> tuple[Split, Split]:
     folder = root / ("cifar-10-batches-py" if num_classes == 10 else "cifar-100-python")
     if not folder.is_dir() and download:
-        from torchvision.datasets import CIFAR10, CIFAR100
-
-        (CIFAR10 if num_classes == 10 else CIFAR100)(str(root), download=True)
+        _download_cifar(root, num_classes)
     _need_dir(folder, f"CIFAR-{num_classes} folder (set data.download=true to fetch it)")
     if num_classes == 10:
         meta, key = load_pickle(folder / "batches.meta"), "label_names"
@@ -176,6 +198,20 @@ def read_cifar(root: Path, num_classes: int, download: bool) -> tuple[Split, Spl
         return Split(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels, names)
 
     return split(train_files), split(test_files)
+
+
+def _download_cifar(root: Path, num_classes: int) -> None:
+    """Fetch and unpack the CIFAR archive (its MD5 checked) without reading it: torchvision's
+    dataset class would unpickle the batches with plain `pickle`; `read_cifar` reads them with
+    the restricted unpickler, like local ones."""
+    from torchvision.datasets import CIFAR10, CIFAR100, utils
+
+    dataset = CIFAR10 if num_classes == 10 else CIFAR100
+    try:
+        utils.download_and_extract_archive(dataset.url, str(root), filename=dataset.filename,
+                                           md5=dataset.tgz_md5)  # fmt: skip
+    except (OSError, RuntimeError) as err:  # no network, a full disk, a corrupted archive
+        raise CondnetError(f"data.download: cannot fetch {dataset.url} into {root} ({err})") from None
 
 
 # --- Fashion-MNIST: IDX files (optionally gzipped) --------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from condnet.errors import CondnetError
+from condnet.files import fsync_dir
 from condnet.models import CondNet, NetSpec
 
 REQUIRED_KEYS = ("model", "model_spec", "class_names")
@@ -38,20 +39,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""DDP helpers: set-up from torchrun's environment, and sums across ranks."""
+"""DDP helpers: set-up from torchrun's environment, sums across ranks, and agreeing to stop."""
 
 from __future__ import annotations
 
@@ -40,6 +40,37 @@ def sum_across(values: torch.Tensor, ctx: Dist) -> torch.Tensor:
         values = values.clone()
         dist.all_reduce(values)
     return values
+
+
+class StopVote:
+    """Every rank's stop request (a signal number, 0 for none), combined over the ranks one
+    step late so that all ranks see the same answer at the same step.
+
+    `exchange` sends this rank's request and returns the largest request any rank sent at the
+    previous call. The all-reduce (one integer) runs on a gloo group of its own, in the
+    background between two calls: no device sync, no wait in the training loop, and no
+    collective interleaved with the model's.
+    """
+
+    def __init__(self) -> None:
+        self.group = dist.new_group(backend="gloo")  # every rank creates it at the same point
+        self.pending: tuple[dist.Work, torch.Tensor] | None = None
+
+    def exchange(self, request: int) -> int:
+        agreed = self.wait()
+        if not agreed:  # once a stop is agreed, every rank stops sending alike
+            flag = torch.tensor([request], dtype=torch.int32)
+            work = dist.all_reduce(flag, dist.ReduceOp.MAX, group=self.group, async_op=True)
+            self.pending = (work, flag)
+        return agreed
+
+    def wait(self) -> int:
+        """The answer to the request in flight (0 when none is)."""
+        if self.pending is None:
+            return 0
+        (work, flag), self.pending = self.pending, None
+        work.wait()
+        return int(flag.item())
 
 
 def barrier(ctx: Dist) -> None:

@@ -32,6 +32,6 @@ def calibrate_router_rates(model: nn.Module, optimizer: torch.optim.Optimizer) -
         factor = float(ratio.clamp(1e-4, 1.0))  # never faster than the other layers
         group["lr_scale"] *= factor
         group["lr"] *= factor  # this step's rate too
-        group["calibrated"] = True
+        group["calibration"], group["calibrated"] = factor, True
         factors.append(factor)
     return factors

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +34,27 @@ class Runtime:
         images = images.to(self.device, non_blocking=True, memory_format=fmt)
         return images, labels.to(self.device, non_blocking=True)
 
+    def record(self) -> dict[str, str]:
+        """What a result was computed with, for the metrics and the report: the precision
+        (``fp32`` or ``bf16 autocast``) and the device (times the DDP processes)."""
+        processes = f" x {self.dist.world}" if self.dist.enabled else ""
+        return {"precision": "bf16 autocast" if self.amp else "fp32",
+                "device": device_name(self.device) + processes}  # fmt: skip
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (from /proc/cpuinfo where there is one)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return "CPU: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"CPU: {cpu}"
+
 
 def place_model(model: torch.nn.Module, rt: "Runtime") -> torch.nn.Module:
     """Move `model` to the device; with channels_last, every 4-D weight goes NHWC too."""
@@ -48,6 +71,9 @@ def make_runtime(cfg: RunConfig) -> Runtime:
     device = torch.device(kind, ctx.local_rank) if kind == "cuda" else torch.device("cpu")
     if kind == "cuda":
         torch.cuda.set_device(device)
+        # run.amp=false is exact fp32: no TF32 convolutions either (cuDNN's default allows them).
+        torch.backends.cudnn.allow_tf32 = cfg.amp
+        torch.backends.cuda.matmul.allow_tf32 = False
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:

@@ -19,9 +19,10 @@ from condnet.data.datasets import load_splits
 from condnet.engine import distributed
 from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from condnet.engine.diagnostics import RoutingLog, RoutingMonitor, has_routing
-from condnet.engine.routing_rates import calibrate_router_rates, needs_calibration
 from condnet.engine.loaders import Loader, eval_loader, eval_subset, split_data, train_loader
 from condnet.engine.metrics import MetricsLog, correct_topk, truncate_metrics
+from condnet.engine.resume import apply_optimizer_settings, check_resume
+from condnet.engine.routing_rates import calibrate_router_rates, needs_calibration
 from condnet.engine.runtime import (
     Runtime,
     make_runtime,
@@ -53,10 +54,10 @@ def train_one_epoch(
     seen = skipped = 0
     bar = _progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.train.epochs}", progress)
     for step, (images, labels, bad) in enumerate(bar):
-        stop.check()
+        stop.check(epoch, step)
         if cfg.train.lr_per_step:
             apply_schedule(model, optimizer, epoch + step / len(loader), cfg.train)
-        skipped += _bad_images(bad, cfg)
+        skipped += _bad_images(bad, cfg.data.on_bad_image)
         if labels.numel() == 0:
             continue
         images, labels = rt.to_device(images, labels)
@@ -98,9 +99,9 @@ def apply_schedule(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: fl
     return lr
 
 
-def _bad_images(messages: list[str], cfg: Config) -> int:
+def _bad_images(messages: list[str], on_bad_image: str) -> int:
     """Count unreadable images; with data.on_bad_image=error, stop at the first."""
-    if messages and cfg.data.on_bad_image == "error":
+    if messages and on_bad_image == "error":
         raise CondnetError(f"{messages[0]} (data.on_bad_image=error)")
     return len(messages)
 
@@ -108,18 +109,20 @@ def _bad_images(messages: list[str], cfg: Config) -> int:
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Loader, rt: Runtime, progress: bool = False,
-    monitor: RoutingMonitor | None = None,
+    monitor: RoutingMonitor | None = None, on_bad_image: str = "skip",
 ) -> dict[str, float]:  # fmt: skip
     """Loss, top-1 and top-5 (percent) over the loader's examples, summed over all ranks.
 
     Rows labelled -100 (padding of a fixed-shape last batch) count nowhere. `monitor` collects
-    the routing weights of every example.
+    the routing weights of every example. Unreadable images are left out, or stop the
+    evaluation with `on_bad_image="error"`.
     """
     model.eval()
     if monitor is not None:
         monitor.start_eval()
     sums = torch.zeros(4, device=rt.device)  # loss, top-1 hits, top-5 hits, count
-    for images, labels, _ in _progress(loader, len(loader), "eval", progress):
+    for images, labels, bad in _progress(loader, len(loader), "eval", progress):
+        _bad_images(bad, on_bad_image)
         if labels.numel() == 0:
             continue
         images, labels = rt.to_device(images, labels)
@@ -150,15 +153,17 @@ def make_optimizer(model: nn.Module, cfg: Config, fused: bool = False) -> torch.
     t = cfg.train
     routers = [m for m in model.modules() if isinstance(m, Routing)]
     routing = {id(p) for m in routers for p in m.parameters()}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in routing], "lr_scale": 1.0}]
-    groups += [{"params": list(m.parameters()), "lr_scale": t.routing_lr_scale, "routing": True} for m in routers]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=t.lr_start, momentum=t.momentum,
-                           nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay,
-                           fused=fused or None)  # fmt: skip
+    groups = [{"params": [p for p in model.parameters() if id(p) not in routing], "routing": False}]
+    groups += [{"params": list(m.parameters()), "routing": True} for m in routers]
+    groups = [g for g in groups if g["params"]]
+    optimizer = torch.optim.SGD(groups, lr=t.lr_start, momentum=t.momentum, fused=fused or None,
+                                nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay)
+    apply_optimizer_settings(optimizer, t)
+    return optimizer
 
 
 def _checkpoint_state(model: CondNet, optimizer, cfg: Config, class_names, epoch: int,
-                      metrics: list, best: float) -> dict[str, Any]:  # fmt: skip
+                      metrics: list, best: float, resumes: list) -> dict[str, Any]:  # fmt: skip
     return {
         "model": model.state_dict(),
         "model_spec": model.spec.to_dict(),
@@ -171,20 +176,47 @@ def _checkpoint_state(model: CondNet, optimizer, cfg: Config, class_names, epoch
                            "mean": cfg.data.mean, "std": cfg.data.std},  # fmt: skip
         "metrics": metrics,
         "best_top1": best,
+        "resumes": resumes,  # settings changed on resume: [{"epoch": first, "changes": {...}}]
         "versions": {"condnet": condnet.__version__, "torch": str(torch.__version__)},
     }
 
 
-def _restore(out: Path, model: CondNet, optimizer) -> tuple[int, list, float]:
-    state = load_checkpoint(out / "last.pt")
+def _restore(state: dict[str, Any], out: Path, model: CondNet, optimizer,
+             cfg: Config) -> tuple[int, list, float]:  # fmt: skip
+    """Weights, optimizer state and generators from `state`; the optimizer then takes this
+    run's settings, which may have changed on resume (`condnet.engine.resume`)."""
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise CondnetError(f"{out / 'last.pt'}: does not fit this run's network "
                            f"({str(err).strip().splitlines()[0][:160]})") from None  # fmt: skip
+    apply_optimizer_settings(optimizer, cfg.train)
     set_rng_state(state["rng"])
     return state["epoch"] + 1, state["metrics"], state["best_top1"]
+
+
+def _resume_state(out: Path, cfg: Config, announce: bool) -> tuple[dict[str, Any], list]:
+    """The checkpoint to resume, once `cfg` is checked against the run's settings, and the
+    record of settings changed on resume, this run's changes added (`announce`d on stderr)."""
+    state = load_checkpoint(out / "last.pt")
+    changes = check_resume(from_dict(state["config"]), cfg)
+    resumes = list(state.get("resumes", []))
+    if changes:
+        first = state["epoch"] + 1
+        resumes.append({"epoch": first, "changes": {k: list(v) for k, v in changes.items()}})
+        if announce:
+            listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            print(f"resuming at epoch {first + 1} with changed settings: {listed}", file=sys.stderr)
+    return state, resumes
+
+
+def _check_classes(state: dict[str, Any], names: list[str]) -> None:
+    """The data a run resumes on (`data.root` may have moved) must have the run's classes."""
+    theirs = list(state["class_names"])
+    if list(names) != theirs:
+        raise CondnetError(f"data: its {len(names)} classes are not the checkpoint's {len(theirs)} "
+                           "(or not in the same order); resume with the data the run started with")
 
 
 def resume_config(out: Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -207,7 +239,8 @@ def train(
     """Train per `cfg`, writing metrics and checkpoints to `out`; returns the metrics records.
 
     `stop_after` ends the run after that many epochs in all (resumable, schedule unchanged).
-    SIGINT or SIGTERM stops it after the current step with `last.pt` resumable.
+    SIGINT or SIGTERM stops it after the current step with `last.pt` resumable (under DDP,
+    a signal to any rank stops every rank before the same step).
     """
     out = Path(out)
     rt = make_runtime(cfg.run)
@@ -216,18 +249,23 @@ def train(
         raise CondnetError(f"train.batch_size: must be divisible by the {rt.dist.world} processes")
     if not resume and (out / "last.pt").exists():
         raise CondnetError(f"{out} already holds a run; resume it with --resume or choose another --out")
+    state, resumes = _resume_state(out, cfg, rt.dist.main) if resume else (None, [])
     train_split, val_split = load_splits(cfg.data, cfg.run.seed)
+    if state is not None:
+        _check_classes(state, train_split.class_names)
     train_set = split_data(cfg, rt, train_split, "train", progress)
     val_set = split_data(cfg, rt, val_split, "val", progress)
     torch.manual_seed(cfg.run.seed)  # the initial weights
     model = build_network(cfg, len(train_split.class_names))
     optimizer = make_optimizer(model, cfg, fused=rt.device.type == "cuda")
-    start, metrics, best = _restore(out, model, optimizer) if resume else (0, [], -math.inf)
+    start, metrics, best = 0, [], -math.inf
+    if state is not None:
+        start, metrics, best = _restore(state, out, model, optimizer, cfg)
     place_model(model, rt)
     _optimizer_to(optimizer, rt.device)
     monitor = _monitor(model, cfg, len(train_split.class_names))
     net = _wrap(model, cfg, rt)
-    save = _saver(out, model, optimizer, cfg, train_split.class_names, rt)
+    save = _saver(out, model, optimizer, cfg, train_split.class_names, rt, resumes)
     if rt.dist.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
@@ -240,7 +278,7 @@ def train(
     epoch_loader = _epoch_eval_loader(cfg, val_set, rt) if cfg.train.epoch_eval_subset else val_loader
     end = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
     try:
-        with StopSignals() as stop:
+        with StopSignals(rt.dist) as stop:
             for epoch in range(start, end):
                 loader = val_loader if epoch == cfg.train.epochs - 1 else epoch_loader
                 record = _run_epoch(net, optimizer, cfg, rt, train_set, loader, epoch, progress, stop, monitor)
@@ -255,7 +293,9 @@ def train(
                 distributed.barrier(rt.dist)
     except Interrupted as err:
         done = load_checkpoint(out / "last.pt")["epoch"] + 1
-        print(f"{err}: stopped; {out / 'last.pt'} holds {done} finished epochs; "
+        rank = f"rank {rt.dist.rank}: " if rt.dist.enabled else ""
+        print(f"{rank}{err}: stopped before step {err.step + 1} of epoch {err.epoch + 1}; "
+              f"{out / 'last.pt'} holds {done} finished epochs; "
               f"continue with: condnet train --resume {out}", file=sys.stderr)  # fmt: skip
         raise
     finally:
@@ -265,13 +305,15 @@ def train(
     return metrics
 
 
-def _saver(out: Path, model: CondNet, optimizer, cfg: Config, class_names, rt: Runtime):
+def _saver(out: Path, model: CondNet, optimizer, cfg: Config, class_names, rt: Runtime,
+           resumes: list):  # fmt: skip
     """save(epoch, metrics, best_top1, best=...): last.pt (and best.pt), on rank 0 only."""
 
     def save(epoch: int, metrics: list, best_top1: float, best: bool) -> None:
         if not rt.dist.main:
             return
-        state = _checkpoint_state(model, optimizer, cfg, class_names, epoch, metrics, best_top1)
+        state = _checkpoint_state(model, optimizer, cfg, class_names, epoch, metrics, best_top1,
+                                  resumes)  # fmt: skip
         try:
             save_checkpoint(state, out / "last.pt")
             if best:
@@ -309,13 +351,14 @@ def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, 
                            "the last good checkpoint is kept (try a lower train.lr_peak)")  # fmt: skip
     if skipped:
         print(f"warning: epoch {epoch + 1}: skipped {skipped} unreadable images", file=sys.stderr)
-    val = evaluate(net, val_loader, rt, progress, monitor)
+    val = evaluate(net, val_loader, rt, progress, monitor, cfg.data.on_bad_image)
     return {
         "epoch": epoch, "lr": lr, "train_loss": loss, "val_loss": val["loss"],
         "val_top1": val["top1"], "val_top5": val["top5"],
         "epoch_seconds": time.perf_counter() - started,
         "images_per_second": seen / max(train_seconds, 1e-9), "skipped_images": skipped,
         "train_images": seen, "val_images": val["count"],
+        **rt.record(),  # precision and device: the report's provenance
     }  # fmt: skip
 
 
@@ -351,5 +394,5 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
         raise CondnetError(f"the data has {len(val_split.class_names)} classes, the checkpoint {len(state['class_names'])}")
     val_set = split_data(cfg, rt, val_split, "val")
     model = place_model(model_from_checkpoint(state), rt)
-    result = evaluate(model, eval_loader(cfg, val_set, rt), rt)
-    return {"checkpoint": str(path), "epoch": state.get("epoch"), **result}
+    result = evaluate(model, eval_loader(cfg, val_set, rt), rt, on_bad_image=cfg.data.on_bad_image)
+    return {"checkpoint": str(path), "epoch": state.get("epoch"), **result, **rt.record()}

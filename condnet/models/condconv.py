@@ -169,7 +169,8 @@ class CondConv2d(nn.Module):
     def _auto_formulation(self, x: Tensor) -> str:
         if self.kernel_size != (1, 1) or x.shape[0] == 1:
             return "grouped"
-        pixels = -(-x.shape[2] // self.stride[0]) * -(-x.shape[3] // self.stride[1])
+        (pad_h, pad_w), (stride_h, stride_w) = self.padding, self.stride
+        pixels = -(-(x.shape[2] + 2 * pad_h) // stride_h) * -(-(x.shape[3] + 2 * pad_w) // stride_w)
         return "batched" if pixels > STACKED_MAX_PIXELS or self.groups > 1 else "stacked"
 
     def _forward_stacked(self, x: Tensor, routing_weights: Tensor) -> Tensor:
@@ -177,7 +178,8 @@ class CondConv2d(nn.Module):
         batch, channels, height, width = x.shape
         scaled = x[:, None] * routing_weights[:, :, None, None, None]
         weight = self.weight.transpose(0, 1).reshape(self.out_channels, -1, 1, 1)
-        return F.conv2d(scaled.reshape(batch, -1, height, width), weight, self.bias, self.stride)
+        scaled = scaled.reshape(batch, -1, height, width)
+        return F.conv2d(scaled, weight, self.bias, self.stride, self.padding)
 
     def _forward_grouped(self, x: Tensor, routing_weights: Tensor) -> Tensor:
         batch, channels, height, width = x.shape
@@ -197,6 +199,8 @@ class CondConv2d(nn.Module):
         if self.kernel_size != (1, 1):
             return self._forward_mixture(x, routing_weights)
         # A 1x1 conv is a matmul per example and group: (out, in) kernel times (in, pixels).
+        if self.padding != (0, 0):  # zero rows and columns around, as nn.Conv2d pads
+            x = F.pad(x, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
         x = x[:, :, :: self.stride[0], :: self.stride[1]]
         out_h, out_w, groups = x.shape[2], x.shape[3], self.groups
         weight = (routing_weights @ self.weight.reshape(self.num_experts, -1)).reshape(

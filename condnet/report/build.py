@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import yaml
 
 from condnet.complexity import KIND_TITLES, profile
 from condnet.config import Config
+from condnet.engine.runtime import device_name
 from condnet.report.plots import plot_curves
 from condnet.report.runs import Run, find_runs
 
@@ -35,15 +35,17 @@ def table3(runs: list[Run]) -> list[dict[str, Any]]:
 
 def table3_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| block | epochs | training time | images/s | best top-1 (epoch) | best top-5 | final top-1 "
-        "| final top-5 | parameters | MACs / image | paper: time | paper: top-1 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| block | epochs | precision | device | training time | images/s | best top-1 (epoch) "
+        "| best top-5 | final top-1 | final top-5 | parameters | MACs / image | paper: time "
+        "| paper: top-1 |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         paper = r["paper"]
         paper_cells = (f"{paper['hours']:g} h", f"{paper['top1']:.2f}") if paper else ("not reported",) * 2
         lines.append(
-            f"| {r['model']} | {r['epochs']} | {duration(r['train_seconds'])} | {r['images_per_second']:.0f} "
+            f"| {r['model']} | {r['epochs']} | {r['precision']} | {r['device']} "
+            f"| {duration(r['train_seconds'])} | {r['images_per_second']:.0f} "
             f"| {r['best_top1']:.2f} ({r['best_epoch'] + 1}) | {r['best_top5']:.2f} | {r['final_top1']:.2f} "
             f"| {r['final_top5']:.2f} | {r['params']:,} | {r['macs']:,} | {paper_cells[0]} | {paper_cells[1]} |"
         )
@@ -93,11 +95,13 @@ def table3_notes(runs: list[Run]) -> list[str]:
 
 def table3_text(rows: list[dict[str, Any]]) -> str:
     """The summary printed at the end of `condnet reproduce` (and `make demo`)."""
-    head = f"{'block':<16}{'time':>14}{'img/s':>8}{'best top-1':>12}{'final top-1':>13}{'final top-5':>13}"
+    head = (f"{'block':<16}{'precision':<15}{'time':>14}{'img/s':>8}{'best top-1':>12}"
+            f"{'final top-1':>13}{'final top-5':>13}")  # fmt: skip
     lines = ["Table 3 (this run)", head]
     for r in rows:
-        lines.append(f"{r['model']:<16}{duration(r['train_seconds']):>14}{r['images_per_second']:>8.0f}"
-                     f"{r['best_top1']:>12.2f}{r['final_top1']:>13.2f}{r['final_top5']:>13.2f}")  # fmt: skip
+        lines.append(f"{r['model']:<16}{r['precision']:<15}{duration(r['train_seconds']):>14}"
+                     f"{r['images_per_second']:>8.0f}{r['best_top1']:>12.2f}"
+                     f"{r['final_top1']:>13.2f}{r['final_top5']:>13.2f}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -131,16 +135,17 @@ def _git_commit() -> str:
 
 def _device() -> str:
     if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {cpu}, {torch.get_num_threads()} threads"
+        return device_name(torch.device("cuda", 0))
+    return f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads"
+
+
+def _training(run: Run) -> str:
+    """Precision and device as recorded per epoch, and the settings changed on resume."""
+    text = f"{run.recorded('precision')} on {run.recorded('device')}"
+    for resume in run.resumes:
+        changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in resume["changes"].items())
+        text += f"; from epoch {resume['epoch'] + 1}: {changes}"
+    return text
 
 
 def provenance(runs: list[Run]) -> str:
@@ -150,6 +155,7 @@ def provenance(runs: list[Run]) -> str:
     lines = [
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- device (report): {_device()}",
+        *[f"- training of {run.name}: {_training(run)}" for run in runs],
         f"- versions (training): condnet {first.versions.get('condnet', '?')}, torch {first.versions.get('torch', '?')}",
         f"- git commit: {_git_commit()}",
         f"- seed: {first.config.run.seed}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,16 @@ class Run:
     metrics: list[dict[str, Any]]
     model: CondNet
     versions: dict[str, str]
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # settings changed on resume
 
     @property
     def finished(self) -> bool:
         return len(self.metrics) >= self.config.train.epochs
+
+    def recorded(self, key: str) -> str:
+        """What the epochs recorded under `key` (``precision``, ``device``), each value once in
+        order of first use; "unknown" for epochs of runs from before it was recorded."""
+        return ", then ".join(dict.fromkeys(str(r.get(key, "unknown")) for r in self.metrics))
 
     def summary(self) -> dict[str, Any]:
         """Table 3 row: time, speed, best and final accuracy, size."""
@@ -50,6 +56,8 @@ class Run:
             "final_top1": m[-1]["val_top1"],
             "final_top5": m[-1]["val_top5"],
             "params": sum(p.numel() for p in self.model.parameters()),
+            "precision": self.recorded("precision"),
+            "device": self.recorded("device"),
             "paper": PAPER_TABLE3.get(self.name),
         }
 
@@ -60,8 +68,9 @@ def read_run(folder: Path) -> Run:
     if not metrics:
         raise CondnetError(f"{folder}: no metrics.jsonl; not a finished run")
     config = load_config(folder / "config.yaml")
-    versions = state.get("versions", {})
-    return Run(config.model.name, folder, config, metrics, model_from_checkpoint(state), versions)
+    versions, resumes = state.get("versions", {}), state.get("resumes", [])
+    return Run(config.model.name, folder, config, metrics, model_from_checkpoint(state), versions,
+               resumes)  # fmt: skip
 
 
 def find_runs(root: Path, names: list[str]) -> list[Run]:

@@ -1,0 +1,54 @@
+"""Writing files so that a crash, a full disk or Ctrl-C leaves the old file or the new one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from condnet.errors import CondnetError
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call `write` on a temporary file beside `path`, sync it, then rename it to `path`.
+
+    A crash leaves either the previous file or the new one, never a partial one; the temporary
+    file is removed on any exception, and is named ``.<name>.*.tmp`` (what a killed writer
+    leaves behind).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise CondnetError(f"cannot write {path}: no such folder {path.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        _fsync(tmp)  # the data on disk before the name points at it
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames and removals in `folder` durable (best effort: not every system can)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
