@@ -224,9 +224,9 @@ def test_epoch_eval_subset_is_fixed_and_class_balanced(tmp_path, monkeypatch):
     seen = []
     real = trainer.evaluate
 
-    def spy(model, loader, rt, progress=False, monitor=None):
+    def spy(model, loader, *args, **kwargs):
         seen.append(sorted(label for _, labels, _ in loader for label in labels.tolist()))
-        return real(model, loader, rt, progress, monitor)
+        return real(model, loader, *args, **kwargs)
 
     monkeypatch.setattr(trainer, "evaluate", spy)
     train(tiny_config(**{"train.epoch_eval_subset": 12}), tmp_path, progress=False)
