@@ -1,16 +1,10 @@
 """condnet: EfficientNet-style classifiers with standard, SE and SE + CondConv blocks."""
 
-from importlib.metadata import PackageNotFoundError, version
-
 from condnet.errors import CondnetError
 from condnet.fuse import fuse
 from condnet.inference import prepare_inference
 from condnet.models import CondNet, NetSpec, build_model, get_spec, list_models
-
-try:
-    __version__ = version("condnet")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from condnet.version import __version__
 
 __all__ = [
     "CondNet",

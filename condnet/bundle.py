@@ -17,6 +17,7 @@ from condnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from condnet.engine.checkpoint import model_from_checkpoint
 from condnet.errors import CondnetError
 from condnet.models import CondNet, NetSpec
+from condnet.version import __version__
 
 # Metadata keys shared by the safetensors and ONNX files.
 SPEC_KEY = "condnet.model_spec"
@@ -95,8 +96,6 @@ class Bundle:
 
     def metadata(self) -> dict[str, str]:
         """String metadata for a deployment file: spec, class names, transform, version."""
-        from condnet import __version__
-
         return {
             SPEC_KEY: json.dumps(self.model.spec.to_dict()),
             CLASSES_KEY: json.dumps(self.class_names),

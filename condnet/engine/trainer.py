@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-import condnet
 from condnet.config import Config, TrainConfig, from_dict
 from condnet.data.datasets import load_splits
 from condnet.engine import distributed
@@ -35,6 +34,7 @@ from condnet.engine.schedule import lr_at, routing_lr_factor, routing_temperatur
 from condnet.engine.signals import Interrupted, StopSignals
 from condnet.errors import CondnetError
 from condnet.models import CondNet, Routing, build_model
+from condnet.version import __version__
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool) -> Any:
@@ -177,7 +177,7 @@ def _checkpoint_state(model: CondNet, optimizer, cfg: Config, class_names, epoch
         "metrics": metrics,
         "best_top1": best,
         "resumes": resumes,  # settings changed on resume: [{"epoch": first, "changes": {...}}]
-        "versions": {"condnet": condnet.__version__, "torch": str(torch.__version__)},
+        "versions": {"condnet": __version__, "torch": str(torch.__version__)},
     }
 
 
