@@ -50,8 +50,9 @@ import condnet
 from condnet.complexity import profile
 from condnet.inference import channels_last_weights, prepare_inference
 from condnet.memory import retain_freed_memory
+from condnet.paper import NETWORKS
 
-BLOCKS = ("standard", "se", "condconv")
+BLOCKS = tuple(NETWORKS.values())
 METRICS = ("train", "latency1", "throughput64")
 # Issue 6's targets: condnet/timm at least (throughput) or at most (latency).
 TARGETS = {"train": (">=", 1.5), "latency1": ("<=", 0.7), "throughput64": (">=", 1.3)}

@@ -38,9 +38,9 @@ from condnet.engine.trainer import (  # noqa: E402
     set_lr,
     train_one_epoch,
 )
-
-PAPER_TRAIN, PAPER_VAL = 128_000, 5_000
-MODELS = ("paper-standard", "paper-se", "paper-condconv")
+from condnet.models import list_models  # noqa: E402
+from condnet.paper import TRAIN_IMAGES as PAPER_TRAIN  # noqa: E402
+from condnet.paper import VAL_IMAGES as PAPER_VAL  # noqa: E402
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -58,7 +58,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10, help="timed training per model")
     p.add_argument("--warmup", type=int, help="untimed training steps per model (15; CPU: 1)")
     p.add_argument("--chunk", type=int, help="steps between host syncs (50; CPU: 1)")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated presets")
+    p.add_argument("--models", default=",".join(list_models(paper_order=True)), help="comma-separated presets")
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,

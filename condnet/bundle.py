@@ -13,10 +13,11 @@ from typing import Any
 
 from torchvision.transforms import v2
 
-from condnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from condnet.data.transforms import eval_transform
 from condnet.engine.checkpoint import model_from_checkpoint
 from condnet.errors import CondnetError
 from condnet.models import CondNet, NetSpec
+from condnet.paper import IMAGENET_MEAN, IMAGENET_STD
 from condnet.version import __version__
 
 # Metadata keys shared by the safetensors and ONNX files.

@@ -14,8 +14,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from condnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from condnet.errors import CondnetError
+from condnet.models import get_spec
+from condnet.paper import IMAGENET_MEAN, IMAGENET_STD
 
 SOURCES = ("imagefolder", "imagenet64", "cifar10", "cifar100", "fashion-mnist", "synthetic")
 PIPELINES = ("torchvision", "tensor")
@@ -175,8 +176,6 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def _check_consistency(cfg: Config) -> None:
-    from condnet.models import get_spec
-
     if "num_classes" in cfg.model.overrides:
         raise CondnetError("model.overrides.num_classes: not allowed, the data sets the classes")
     try:

@@ -19,7 +19,8 @@ from condnet.config import Config, load_config
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.trainer import resume_config, train
 from condnet.errors import CondnetError
-from condnet.report.build import MODELS, build_report
+from condnet.models import list_models
+from condnet.report.build import build_report
 
 
 def run_state(folder: Path, epochs: int) -> str:
@@ -31,9 +32,11 @@ def run_state(folder: Path, epochs: int) -> str:
 
 
 def reproduce(config: str | Path | None, out: str | Path, overrides: dict[str, Any] | None = None,
-              models: list[str] = MODELS, progress: bool | None = None, jobs: int = 1) -> tuple[Path, list[dict]]:  # fmt: skip
-    """Train every model not yet finished in `out/<model>` (resuming a partial one), then report."""
-    out = Path(out)
+              models: list[str] | None = None, progress: bool | None = None, jobs: int = 1) -> tuple[Path, list[dict]]:  # fmt: skip
+    """Train every model not yet finished in `out/<model>` (resuming a partial one), then report.
+
+    `models`: by default the paper's networks."""
+    out, models = Path(out), models or list_models(paper_order=True)
     todo = []
     for name in models:
         cfg = load_config(config, {**(overrides or {}), "model.name": name})

@@ -9,9 +9,12 @@ from condnet.cli import main
 from condnet.config import load_config
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.trainer import train
-from condnet.report.build import MODELS, build_report
+from condnet.models import list_models
+from condnet.report.build import build_report
 from condnet.reproduce import reproduce
 from tests.helpers import tiny_config
+
+MODELS = list_models(paper_order=True)
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from typing import Sequence
 import torch
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from condnet.paper import IMAGENET_MEAN, IMAGENET_STD
 
 
 def train_transform(

@@ -7,27 +7,23 @@ from typing import Any
 from condnet.errors import CondnetError
 from condnet.models.net import CondNet
 from condnet.models.spec import NetSpec, StageSpec, with_overrides
-
-# Paper Table 1 as (output channels, repeats, stride of the first block) per stage.
-PAPER_STAGES = ((16, 1, 1), (24, 2, 1), (40, 3, 2), (80, 4, 2), (160, 5, 2), (320, 1, 1))
+from condnet.paper import NETWORKS, TABLE1_STAGES
 
 
 def paper_spec(block: str) -> NetSpec:
     """The paper's network with every stage built from `block`."""
-    stages = tuple(StageSpec(c, r, s, block=block) for c, r, s in PAPER_STAGES)
+    stages = tuple(StageSpec(c, r, s, block=block) for c, r, s in TABLE1_STAGES)
     return NetSpec(stages=stages)
 
 
-PRESETS: dict[str, NetSpec] = {
-    "paper-standard": paper_spec("standard"),
-    "paper-se": paper_spec("se"),
-    "paper-condconv": paper_spec("condconv"),
-}
+# In the order of the paper's tables (blocks A, B, C).
+PRESETS: dict[str, NetSpec] = {name: paper_spec(block) for name, block in NETWORKS.items()}
 
 
-def list_models() -> list[str]:
-    """Names accepted by `build_model`."""
-    return sorted(PRESETS)
+def list_models(paper_order: bool = False) -> list[str]:
+    """Names accepted by `build_model`, sorted; `paper_order`: in the order of the paper's
+    tables (blocks A, B, C), as the report and the benchmarks list them."""
+    return list(PRESETS) if paper_order else sorted(PRESETS)
 
 
 def get_spec(name: str, **overrides: Any) -> NetSpec:

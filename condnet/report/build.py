@@ -13,10 +13,9 @@ import yaml
 from condnet.complexity import KIND_TITLES, profile
 from condnet.config import Config
 from condnet.engine.runtime import device_name
+from condnet.models import StageSpec, list_models
 from condnet.report.plots import plot_curves
 from condnet.report.runs import Run, find_runs
-
-MODELS = ["paper-standard", "paper-se", "paper-condconv"]
 
 
 def duration(seconds: float) -> str:
@@ -52,20 +51,26 @@ def table3_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-# The paper's recipe (the config defaults) in the settings a miniature run shrinks.
-PAPER_SCALE = {"data.crop": 56, "data.resize": 64, "data.train_subset": 0, "train.epochs": 55,
-               "train.batch_size": 256}  # fmt: skip
-# Block C's routing exactly as the paper states it.
-PAPER_ROUTING = {"train.routing_lr_scale": 1.0, "train.routing_warmup_epochs": 0.0,
-                 "train.routing_temperature": 1.0, "model.overrides.routing_activation": "sigmoid"}  # fmt: skip
-
-
 def _setting(config: Config, key: str, default: Any = None) -> Any:
     section, _, name = key.partition(".")
     value = getattr(config, section)
     if section == "model":
         return value.overrides.get(name.removeprefix("overrides."), default)
     return getattr(value, name)
+
+
+def _paper(keys: tuple[str, ...]) -> dict[str, Any]:
+    """The paper's value of each key: the config's default (a model override: the stage's)."""
+    stage = StageSpec(channels=1, repeats=1)
+    return {k: _setting(Config(), k, getattr(stage, k.rsplit(".", 1)[-1], None)) for k in keys}
+
+
+# The paper's recipe in the settings a miniature run shrinks.
+PAPER_SCALE = _paper(("data.crop", "data.resize", "data.train_subset", "train.epochs",
+                      "train.batch_size"))  # fmt: skip
+# Block C's routing exactly as the paper states it.
+PAPER_ROUTING = _paper(("train.routing_lr_scale", "train.routing_warmup_epochs",
+                        "train.routing_temperature", "model.overrides.routing_activation"))  # fmt: skip
 
 
 def table3_notes(runs: list[Run]) -> list[str]:
@@ -165,10 +170,11 @@ def provenance(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def build_report(root: str | Path, names: list[str] = MODELS) -> tuple[Path, list[dict[str, Any]]]:
-    """Write `root/report.md` and `root/figure5.png` from the runs in `root/<name>`."""
+def build_report(root: str | Path, names: list[str] | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """Write `root/report.md` and `root/figure5.png` from the runs in `root/<name>` (by
+    default the paper's networks)."""
     root = Path(root)
-    runs = find_runs(root, names)
+    runs = find_runs(root, names or list_models(paper_order=True))
     plot_curves(runs, root / "figure5.png")
     rows = table3(runs)
     unfinished = [r.name for r in runs if not r.finished]

@@ -11,13 +11,7 @@ from condnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from condnet.engine.metrics import read_metrics
 from condnet.errors import CondnetError
 from condnet.models import CondNet
-
-# SPEC section 5: the paper's Table 3 (training time in hours, top-1 in percent).
-PAPER_TABLE3 = {
-    "paper-standard": {"hours": 5.0, "top1": 72.26},
-    "paper-se": {"hours": 4.0, "top1": 74.04},
-    "paper-condconv": None,  # "Optional" in the paper: not reported
-}
+from condnet.paper import TABLE3
 
 
 @dataclass
@@ -58,7 +52,7 @@ class Run:
             "params": sum(p.numel() for p in self.model.parameters()),
             "precision": self.recorded("precision"),
             "device": self.recorded("device"),
-            "paper": PAPER_TABLE3.get(self.name),
+            "paper": TABLE3.get(self.name),
         }
 
 
