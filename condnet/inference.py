@@ -12,17 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from condnet.fuse import fuse
-
-
-def channels_last_weights(model: nn.Module) -> nn.Module:
-    """Store every 4-D parameter channels_last, in place; returns `model`.
-
-    (`Module.to(memory_format=...)` refuses the 5-D CondConv expert weights.)
-    """
-    for param in model.parameters():
-        if param.dim() == 4:
-            param.data = param.data.contiguous(memory_format=torch.channels_last)
-    return model
+from condnet.models.layout import channels_last_weights
 
 
 class PointwiseConv2d(nn.Conv2d):

@@ -16,7 +16,7 @@ from condnet.config import RunConfig
 from condnet.engine import distributed
 from condnet.engine.distributed import Dist
 from condnet.errors import CondnetError
-from condnet.inference import channels_last_weights
+from condnet.models.layout import channels_last_weights
 
 
 @dataclass(frozen=True)
