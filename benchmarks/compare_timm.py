@@ -16,7 +16,7 @@ Like the condnet command, it first makes glibc keep freed memory (`condnet.memor
 process-wide setting, so timm gets it too. `--default-allocator` measures both without it.
 
 condnet runs as it ships: training with channels_last weights and inputs (the trainer's default
-`run.channels_last: true`), inference through `condnet.inference.prepare_inference` (BN folded,
+`run.channels_last: true`), inference through `condnet.deploy.inference.prepare_inference` (BN folded,
 channels_last). timm runs as built by `timm_reference.build_timm` (eager, default layout), and,
 with `--timm-channels-last`, with channels_last too. Ratios are condnet / timm for throughput
 and condnet / timm for latency (lower is better). Achieved GFLOP/s counts 2 x MACs per image
@@ -48,7 +48,7 @@ from timm_reference import build_timm
 
 import condnet
 from condnet.complexity import profile
-from condnet.inference import channels_last_weights, prepare_inference
+from condnet.deploy.inference import channels_last_weights, prepare_inference
 from condnet.memory import retain_freed_memory
 from condnet.paper import NETWORKS
 
@@ -113,8 +113,8 @@ class Contender:
 
 def onnx_contender(model: nn.Module, resolution: int, workdir: Path) -> Contender:
     """condnet exported to ONNX (`condnet export`) and run by ONNX Runtime: inference only."""
-    from condnet.bundle import Bundle, TransformSpec
-    from condnet.export import OnnxClassifier, export_onnx
+    from condnet.deploy.bundle import Bundle, TransformSpec
+    from condnet.deploy.export import OnnxClassifier, export_onnx
 
     path = workdir / "model.onnx"
     export_onnx(Bundle(model, [str(i) for i in range(100)], TransformSpec(crop=resolution)), path)

@@ -1,8 +1,8 @@
 """condnet: EfficientNet-style classifiers with standard, SE and SE + CondConv blocks."""
 
 from condnet.errors import CondnetError
-from condnet.fuse import fuse
-from condnet.inference import prepare_inference
+from condnet.deploy.fuse import fuse
+from condnet.deploy.inference import prepare_inference
 from condnet.models import CondNet, NetSpec, build_model, get_spec, list_models
 from condnet.version import __version__
 
@@ -24,7 +24,7 @@ def __getattr__(name: str):
     # Imported on first use: it brings in torchvision and safetensors, which `import condnet`
     # alone does not need.
     if name == "load_pretrained":
-        from condnet.weights import load_pretrained
+        from condnet.deploy.weights import load_pretrained
 
         return load_pretrained
     raise AttributeError(f"module 'condnet' has no attribute {name!r}")

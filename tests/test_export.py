@@ -11,12 +11,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import condnet
-from condnet.bundle import Bundle, TransformSpec
+from condnet.deploy.bundle import Bundle, TransformSpec
 from condnet.cli import main
 from condnet.engine.checkpoint import save_checkpoint
 from condnet.errors import CondnetError
-from condnet.export import OnnxClassifier, check_onnx, export_onnx, require
-from condnet.weights import read_bundle, save_weights
+from condnet.deploy.export import OnnxClassifier, check_onnx, export_onnx, require
+from condnet.deploy.model_file import read_bundle
+from condnet.deploy.weights import save_weights
 
 
 @pytest.mark.parametrize("name", condnet.list_models())
@@ -55,7 +56,7 @@ def test_check_fails_when_the_export_is_wrong(tmp_path, capsys, monkeypatch):
                 module.bias = None
         return model
 
-    monkeypatch.setattr("condnet.export.fuse", forget_batch_norm)
+    monkeypatch.setattr("condnet.deploy.export.fuse", forget_batch_norm)
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx"), "--check"]) == 1
     assert "FAILED" in capsys.readouterr().out
 

@@ -6,7 +6,7 @@ from deploy_helpers import small_model, trained_like
 from torch import nn
 
 import condnet
-from condnet.fuse import fold_batch_norm, fuse
+from condnet.deploy.fuse import fold_batch_norm, fuse
 from condnet.models.condconv import CondConv2d
 
 BLOCKS = ["standard", "se", "condconv"]

@@ -12,12 +12,12 @@ import torch
 from deploy_helpers import CLASS_NAMES, EVAL_TRANSFORM, small_model, write_checkpoint
 from PIL import Image
 
-from condnet.bundle import Bundle, TransformSpec
+from condnet.deploy.bundle import Bundle, TransformSpec
 from condnet.cli import main
 from condnet.data.images import load_rgb
-from condnet.export import export_onnx
-from condnet.predict import Failure, Prediction, load_classifier, predict
-from condnet.weights import save_weights
+from condnet.deploy.export import export_onnx
+from condnet.deploy.predict import Failure, Prediction, load_classifier, predict
+from condnet.deploy.weights import save_weights
 
 
 def _gray16(picture: Image.Image) -> Image.Image:

@@ -7,15 +7,15 @@ from deploy_helpers import SMALL, small_model
 from helpers import tiny_config
 
 import condnet
-from condnet.bundle import Bundle, TransformSpec
+from condnet.deploy.bundle import Bundle, TransformSpec
 from condnet.config import TrainConfig
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.schedule import routing_lr_factor, routing_temperature_at
 from condnet.engine.trainer import apply_schedule, build_network, make_optimizer, resume_config, train
 from condnet.errors import CondnetError
-from condnet.export import check_onnx, export_onnx
+from condnet.deploy.export import check_onnx, export_onnx
 from condnet.models.condconv import Routing
-from condnet.weights import save_weights
+from condnet.deploy.weights import save_weights
 
 OPTIONS = [("sigmoid", 1.0), ("sigmoid", 7.0), ("softmax", 1.0), ("softmax", 7.0)]
 

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from condnet.bench import BACKENDS, DEVICES, bench, format_timings, timings_to_dict
+from condnet.deploy.bench import BACKENDS, DEVICES, bench, format_timings, timings_to_dict
 from condnet.commands.common import parse_assignments
 from condnet.errors import CondnetError
 from condnet.models import build_model

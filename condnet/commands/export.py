@@ -3,8 +3,9 @@
 import argparse
 
 from condnet.errors import CondnetError
-from condnet.export import CHECK_BATCHES, CHECK_TOLERANCE, OPSET, check_onnx, export_onnx
-from condnet.weights import WEIGHTS_SUFFIX, read_bundle, save_weights
+from condnet.deploy.export import CHECK_BATCHES, CHECK_TOLERANCE, OPSET, check_onnx, export_onnx
+from condnet.deploy.model_file import read_bundle
+from condnet.deploy.weights import WEIGHTS_SUFFIX, save_weights
 
 MAX_OPSET = 20  # the TorchScript exporter's newest
 

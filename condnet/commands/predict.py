@@ -5,7 +5,7 @@ import json
 import sys
 
 from condnet.errors import CondnetError
-from condnet.predict import Failure, format_prediction, load_classifier, predict
+from condnet.deploy.predict import Failure, format_prediction, load_classifier, predict
 
 
 def register(sub: argparse._SubParsersAction) -> None:

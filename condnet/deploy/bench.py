@@ -1,7 +1,7 @@
 """Inference latency and throughput of one model under several backends and batch sizes.
 
 Backends: ``eager`` (the model as trained), ``fused`` (BN folded and channels_last weights,
-`condnet.inference.prepare_inference`), ``compile``
+`condnet.deploy.inference.prepare_inference`), ``compile``
 (`torch.compile` of the fused model) and ``onnxruntime`` (the exported ONNX file). Each
 (backend, batch) pair runs `warmup` untimed forward passes, then `iters` timed ones; the median
 is reported, so one slow outlier (a page fault, another process) does not move the result.
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from condnet.bundle import Bundle, TransformSpec
+from condnet.deploy.bundle import Bundle, TransformSpec
 from condnet.errors import CondnetError
-from condnet.inference import prepare_inference
+from condnet.deploy.inference import prepare_inference
 from condnet.models import CondNet
 
 BACKENDS = ("eager", "fused", "compile", "onnxruntime")
@@ -84,7 +84,7 @@ def _runner(
 ) -> Callable[[Tensor], Any]:
     """A function that runs one forward pass of `model` under `backend`."""
     if backend == "onnxruntime":
-        from condnet.export import OnnxClassifier, export_onnx
+        from condnet.deploy.export import OnnxClassifier, export_onnx
 
         path = workdir / "model.onnx"
         names = [str(i) for i in range(model.num_classes)]

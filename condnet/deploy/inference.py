@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from condnet.fuse import fuse
+from condnet.deploy.fuse import fuse
 from condnet.models.layout import channels_last_weights
 
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from condnet.bundle import Bundle, read_metadata
+from condnet.deploy.bundle import Bundle, read_metadata
 from condnet.errors import CondnetError
 from condnet.files import write_atomically
-from condnet.fuse import fuse
+from condnet.deploy.fuse import fuse
 from condnet.models.condconv import set_formulation
 
 OPSET = 17

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from condnet.bundle import TransformSpec
+from condnet.deploy.bundle import TransformSpec
 from condnet.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, BadImage, load_rgb
 from condnet.errors import CondnetError
-from condnet.inference import prepare_inference
-from condnet.weights import read_bundle
+from condnet.deploy.inference import prepare_inference
+from condnet.deploy.model_file import read_bundle
 
 ONNX_SUFFIX = ".onnx"
 
@@ -59,7 +59,7 @@ class Failure:
 def load_classifier(path: str | os.PathLike) -> Classifier:
     """A `Classifier` from a ``.onnx`` file, a ``.safetensors`` file or a checkpoint."""
     if Path(path).suffix == ONNX_SUFFIX:
-        from condnet.export import OnnxClassifier  # needs the optional onnxruntime
+        from condnet.deploy.export import OnnxClassifier  # needs the optional onnxruntime
 
         session = OnnxClassifier(path)
         in_channels = session.spec.in_channels

@@ -1,4 +1,4 @@
-"""Model files: safetensors weights with their metadata, and one reader for every model file.
+"""safetensors weights files, with the metadata that makes them self-contained.
 
 A weights file holds the unfused state dict (so training can resume from it) and, as metadata,
 the model spec, class names, eval transform and condnet version: `load_pretrained` rebuilds the
@@ -13,8 +13,7 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from condnet.bundle import Bundle, read_metadata
-from condnet.engine.checkpoint import load_checkpoint
+from condnet.deploy.bundle import Bundle, read_metadata
 from condnet.errors import CondnetError
 from condnet.files import write_atomically
 from condnet.models import CondNet
@@ -53,10 +52,3 @@ def read_weights(path: str | os.PathLike) -> Bundle:
 def load_pretrained(path: str | os.PathLike) -> CondNet:
     """Rebuild the model (eval mode) from a weights file written by `condnet export --weights`."""
     return read_weights(path).model
-
-
-def read_bundle(path: str | os.PathLike) -> Bundle:
-    """A model file of either kind: ``.safetensors`` weights or a checkpoint (.pt, run folder)."""
-    if Path(path).suffix == WEIGHTS_SUFFIX:
-        return read_weights(path)
-    return Bundle.from_checkpoint(load_checkpoint(path))
