@@ -11,7 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import condnet
-from condnet.deploy.bundle import Bundle, TransformSpec
+from condnet.data.transforms import TransformSpec
+from condnet.deploy.bundle import Bundle
 from condnet.cli import main
 from condnet.engine.checkpoint import save_checkpoint
 from condnet.errors import CondnetError

@@ -12,7 +12,8 @@ import torch
 from deploy_helpers import CLASS_NAMES, EVAL_TRANSFORM, small_model, write_checkpoint
 from PIL import Image
 
-from condnet.deploy.bundle import Bundle, TransformSpec
+from condnet.data.transforms import TransformSpec
+from condnet.deploy.bundle import Bundle
 from condnet.cli import main
 from condnet.data.images import load_rgb
 from condnet.deploy.export import export_onnx

@@ -7,7 +7,8 @@ from deploy_helpers import SMALL, small_model
 from helpers import tiny_config
 
 import condnet
-from condnet.deploy.bundle import Bundle, TransformSpec
+from condnet.data.transforms import TransformSpec
+from condnet.deploy.bundle import Bundle
 from condnet.config import TrainConfig
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.schedule import routing_lr_factor, routing_temperature_at

@@ -14,7 +14,7 @@ from condnet.config import DataConfig
 from condnet.data import sources
 from condnet.data.images import BadImage, load_rgb
 from condnet.data.sources import Split
-from condnet.data.transforms import eval_transform, train_transform
+from condnet.data.transforms import TransformSpec, train_transform
 from condnet.errors import CondnetError
 
 
@@ -97,7 +97,7 @@ def balanced_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 def make_datasets(cfg: DataConfig, train: Split, val: Split) -> tuple[SplitDataset, SplitDataset]:
     mean, std = cfg.mean, cfg.std
     train_tf = train_transform(cfg.crop, cfg.scale, cfg.ratio, cfg.hflip, mean, std)
-    eval_tf = eval_transform(cfg.resize, cfg.crop, mean, std)
+    eval_tf = TransformSpec.from_config(cfg).build()
     return SplitDataset(train, train_tf, cfg.on_bad_image), SplitDataset(val, eval_tf, cfg.on_bad_image)
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from condnet.deploy.bundle import Bundle, TransformSpec
+from condnet.data.transforms import TransformSpec
+from condnet.deploy.bundle import Bundle
 from condnet.errors import CondnetError
 from condnet.deploy.inference import prepare_inference
 from condnet.models import CondNet

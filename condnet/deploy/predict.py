@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from condnet.deploy.bundle import TransformSpec
+from condnet.data.transforms import TransformSpec
 from condnet.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, BadImage, load_rgb
 from condnet.errors import CondnetError
 from condnet.deploy.inference import prepare_inference

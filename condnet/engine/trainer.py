@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from condnet.config import Config, TrainConfig, from_dict
 from condnet.data.datasets import load_splits
+from condnet.data.transforms import TransformSpec
 from condnet.engine import distributed
 from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
 from condnet.engine.diagnostics import RoutingLog, RoutingMonitor, has_routing
@@ -172,8 +173,7 @@ def _checkpoint_state(model: CondNet, optimizer, cfg: Config, class_names, epoch
         "rng": rng_state(),
         "config": cfg.to_dict(),
         "class_names": list(class_names),
-        "eval_transform": {"resize": cfg.data.resize, "crop": cfg.data.crop,
-                           "mean": cfg.data.mean, "std": cfg.data.std},  # fmt: skip
+        "eval_transform": TransformSpec.from_config(cfg.data).to_dict(),
         "metrics": metrics,
         "best_top1": best,
         "resumes": resumes,  # settings changed on resume: [{"epoch": first, "changes": {...}}]
