@@ -14,7 +14,7 @@ import condnet
 from condnet.data.transforms import TransformSpec
 from condnet.deploy.bundle import Bundle
 from condnet.cli import main
-from condnet.engine.checkpoint import save_checkpoint
+from condnet.engine.checkpoint import checkpoint_state, save_checkpoint
 from condnet.errors import CondnetError
 from condnet.deploy.export import OnnxClassifier, check_onnx, export_onnx, require
 from condnet.deploy.model_file import read_bundle
@@ -113,9 +113,8 @@ def test_unreadable_weights_are_one_line_errors(tmp_path):
     ],
 )
 def test_bad_checkpoint_metadata_is_a_clear_error(tmp_path, change, message):
-    model = small_model("standard")
-    state = {"model": model.state_dict(), "model_spec": model.spec.to_dict()}
-    save_checkpoint(state | {"class_names": CLASS_NAMES} | change, tmp_path / "last.pt")
+    state = checkpoint_state(small_model("standard"), CLASS_NAMES)
+    save_checkpoint(state | change, tmp_path / "last.pt")
     with pytest.raises(CondnetError, match=message):
         read_bundle(tmp_path / "last.pt")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from condnet.data.transforms import TransformSpec
-from condnet.engine.checkpoint import model_from_checkpoint
+from condnet.engine.checkpoint import checkpoint_transform, model_from_checkpoint
 from condnet.errors import CondnetError
 from condnet.models import CondNet, NetSpec
 from condnet.version import __version__
@@ -40,7 +40,7 @@ class Bundle:
         """From a checkpoint dict (see `condnet.engine.checkpoint`); trainer extras are ignored."""
         model = model_from_checkpoint(state)
         check_class_names(state["class_names"], model.num_classes)
-        transform = TransformSpec.from_dict(state.get("eval_transform"))
+        transform = checkpoint_transform(state)
         return cls(model, list(state["class_names"]), transform)
 
     def metadata(self) -> dict[str, str]:

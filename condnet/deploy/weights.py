@@ -14,6 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from condnet.deploy.bundle import Bundle, read_metadata
+from condnet.engine.checkpoint import rebuild_model
 from condnet.errors import CondnetError
 from condnet.files import write_atomically
 from condnet.models import CondNet
@@ -40,13 +41,8 @@ def read_weights(path: str | os.PathLike) -> Bundle:
     except (SafetensorError, OSError, ValueError) as err:
         raise CondnetError(f"{path}: not a readable safetensors file ({err})") from None
     spec, class_names, transform = read_metadata(meta, str(path))
-    model = CondNet(spec)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0][:200]
-        raise CondnetError(f"{path}: weights do not fit the model spec: {first}") from None
-    return Bundle(model.eval(), class_names, transform)
+    model = rebuild_model(spec, state, f"{path}: weights do not fit the model spec")
+    return Bundle(model, class_names, transform)
 
 
 def load_pretrained(path: str | os.PathLike) -> CondNet:

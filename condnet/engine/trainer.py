@@ -17,7 +17,7 @@ from condnet.config import Config, TrainConfig, from_dict
 from condnet.data.datasets import load_splits
 from condnet.data.transforms import TransformSpec
 from condnet.engine import distributed
-from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from condnet.engine.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from condnet.engine.diagnostics import RoutingLog, RoutingMonitor, has_routing
 from condnet.engine.loaders import Loader, eval_loader, eval_subset, split_data, train_loader
 from condnet.engine.metrics import MetricsLog, correct_topk, truncate_metrics
@@ -33,9 +33,8 @@ from condnet.engine.runtime import (
 )
 from condnet.engine.schedule import lr_at, routing_lr_factor, routing_temperature_at
 from condnet.engine.signals import Interrupted, StopSignals
-from condnet.errors import CondnetError
+from condnet.errors import CondnetError, first_line
 from condnet.models import CondNet, Routing, build_model
-from condnet.version import __version__
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool) -> Any:
@@ -163,24 +162,6 @@ def make_optimizer(model: nn.Module, cfg: Config, fused: bool = False) -> torch.
     return optimizer
 
 
-def _checkpoint_state(model: CondNet, optimizer, cfg: Config, class_names, epoch: int,
-                      metrics: list, best: float, resumes: list) -> dict[str, Any]:  # fmt: skip
-    return {
-        "model": model.state_dict(),
-        "model_spec": model.spec.to_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "rng": rng_state(),
-        "config": cfg.to_dict(),
-        "class_names": list(class_names),
-        "eval_transform": TransformSpec.from_config(cfg.data).to_dict(),
-        "metrics": metrics,
-        "best_top1": best,
-        "resumes": resumes,  # settings changed on resume: [{"epoch": first, "changes": {...}}]
-        "versions": {"condnet": __version__, "torch": str(torch.__version__)},
-    }
-
-
 def _restore(state: dict[str, Any], out: Path, model: CondNet, optimizer,
              cfg: Config) -> tuple[int, list, float]:  # fmt: skip
     """Weights, optimizer state and generators from `state`; the optimizer then takes this
@@ -190,7 +171,7 @@ def _restore(state: dict[str, Any], out: Path, model: CondNet, optimizer,
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise CondnetError(f"{out / 'last.pt'}: does not fit this run's network "
-                           f"({str(err).strip().splitlines()[0][:160]})") from None  # fmt: skip
+                           f"({first_line(err, 160)})") from None  # fmt: skip
     apply_optimizer_settings(optimizer, cfg.train)
     set_rng_state(state["rng"])
     return state["epoch"] + 1, state["metrics"], state["best_top1"]
@@ -312,8 +293,11 @@ def _saver(out: Path, model: CondNet, optimizer, cfg: Config, class_names, rt: R
     def save(epoch: int, metrics: list, best_top1: float, best: bool) -> None:
         if not rt.dist.main:
             return
-        state = _checkpoint_state(model, optimizer, cfg, class_names, epoch, metrics, best_top1,
-                                  resumes)  # fmt: skip
+        state = checkpoint_state(
+            model, class_names, eval_transform=TransformSpec.from_config(cfg.data), config=cfg,
+            optimizer=optimizer.state_dict(), epoch=epoch, rng=rng_state(), metrics=metrics,
+            best_top1=best_top1, resumes=resumes,
+        )  # fmt: skip
         try:
             save_checkpoint(state, out / "last.pt")
             if best:
