@@ -1,8 +1,8 @@
-"""Build the paper's 64-px layout from a full ImageNet tree (SPEC section 6).
+"""Build the paper's 64-px layout from a full ImageNet tree (the README's Training section).
 
 SRC/{train,val}/<class>/<image> -> DST/{train,val}/<class>/<image>, short side resized to 64,
 only the classes named in the class file. Parallel, resumable (existing outputs are skipped,
-and every output is written to a temporary name first), with a progress bar.
+and every output is written atomically: `condnet.files.write_atomically`), with a progress bar.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from condnet.data.images import BadImage, is_image_file, load_rgb
 from condnet.errors import CondnetError
+from condnet.files import write_atomically
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -61,9 +62,7 @@ def convert_one(job: tuple[Path, Path], size: int = 64) -> str | None:
     except BadImage as err:
         return str(err)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, target)
+    write_atomically(target, lambda tmp: image.save(tmp, format="PNG"))
     return None
 
 
