@@ -18,7 +18,8 @@ from condnet.cli import main
 from condnet.config import TrainConfig, load_config
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.schedule import lr_at
-from condnet.engine.trainer import evaluate_checkpoint, resume_config, train
+from condnet.engine.evaluation import evaluate_checkpoint
+from condnet.engine.trainer import resume_config, train
 from condnet.errors import CondnetError
 from tests.helpers import tiny_config
 
@@ -224,9 +225,9 @@ def test_epoch_eval_subset_is_fixed_and_class_balanced(tmp_path, monkeypatch):
     seen = []
     real = trainer.evaluate
 
-    def spy(model, loader, rt, progress=False, monitor=None):
+    def spy(model, loader, rt, **options):
         seen.append(sorted(label for _, labels, _ in loader for label in labels.tolist()))
-        return real(model, loader, rt, progress, monitor)
+        return real(model, loader, rt, **options)
 
     monkeypatch.setattr(trainer, "evaluate", spy)
     train(tiny_config(**{"train.epoch_eval_subset": 12}), tmp_path, progress=False)

@@ -26,9 +26,9 @@ from condnet.engine.distributed import Dist
 from condnet.engine.loaders import train_loader
 from condnet.engine.runtime import Runtime, seed_epoch
 from condnet.engine.schedule import lr_at
+from condnet.engine.evaluation import evaluate
 from condnet.engine.trainer import (
     build_network,
-    evaluate,
     make_optimizer,
     resume_config,
     set_lr,

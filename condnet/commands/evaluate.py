@@ -4,7 +4,7 @@ import argparse
 import json
 
 from condnet.commands.common import parse_assignments
-from condnet.engine.trainer import evaluate_checkpoint
+from condnet.engine.evaluation import evaluate_checkpoint
 
 
 def register(sub: argparse._SubParsersAction) -> None:

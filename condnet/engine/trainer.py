@@ -11,7 +11,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from condnet.config import Config, TrainConfig, from_dict
 from condnet.data.datasets import load_splits
@@ -19,8 +18,9 @@ from condnet.data.transforms import TransformSpec
 from condnet.engine import distributed
 from condnet.engine.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from condnet.engine.diagnostics import RoutingLog, RoutingMonitor, has_routing
+from condnet.engine.evaluation import count_bad_images, evaluate, progress_bar
 from condnet.engine.loaders import Loader, eval_loader, eval_subset, split_data, train_loader
-from condnet.engine.metrics import MetricsLog, correct_topk, truncate_metrics
+from condnet.engine.metrics import MetricsLog, truncate_metrics
 from condnet.engine.resume import apply_optimizer_settings, check_resume
 from condnet.engine.routing_rates import calibrate_router_rates, needs_calibration
 from condnet.engine.runtime import (
@@ -37,10 +37,6 @@ from condnet.errors import CondnetError, first_line
 from condnet.models import CondNet, Routing, build_model
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool) -> Any:
-    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
-
-
 def train_one_epoch(
     model: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, rt: Runtime,
     cfg: Config, epoch: int, progress: bool, stop: StopSignals, monitor: RoutingMonitor | None = None,
@@ -52,12 +48,12 @@ def train_one_epoch(
     model.train()
     loss_sum = torch.zeros((), device=rt.device)
     seen = skipped = 0
-    bar = _progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.train.epochs}", progress)
+    bar = progress_bar(loader, len(loader), f"epoch {epoch + 1}/{cfg.train.epochs}", progress)
     for step, (images, labels, bad) in enumerate(bar):
         stop.check(epoch, step)
         if cfg.train.lr_per_step:
             apply_schedule(model, optimizer, epoch + step / len(loader), cfg.train)
-        skipped += _bad_images(bad, cfg.data.on_bad_image)
+        skipped += count_bad_images(bad, cfg.data.on_bad_image)
         if labels.numel() == 0:
             continue
         images, labels = rt.to_device(images, labels)
@@ -97,46 +93,6 @@ def apply_schedule(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: fl
         if isinstance(module, Routing):
             module.temperature.fill_(temperature)
     return lr
-
-
-def _bad_images(messages: list[str], on_bad_image: str) -> int:
-    """Count unreadable images; with data.on_bad_image=error, stop at the first."""
-    if messages and on_bad_image == "error":
-        raise CondnetError(f"{messages[0]} (data.on_bad_image=error)")
-    return len(messages)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: Loader, rt: Runtime, progress: bool = False,
-    monitor: RoutingMonitor | None = None, on_bad_image: str = "skip",
-) -> dict[str, float]:  # fmt: skip
-    """Loss, top-1 and top-5 (percent) over the loader's examples, summed over all ranks.
-
-    Rows labelled -100 (padding of a fixed-shape last batch) count nowhere. `monitor` collects
-    the routing weights of every example. Unreadable images are left out, or stop the
-    evaluation with `on_bad_image="error"`.
-    """
-    model.eval()
-    if monitor is not None:
-        monitor.start_eval()
-    sums = torch.zeros(4, device=rt.device)  # loss, top-1 hits, top-5 hits, count
-    for images, labels, bad in _progress(loader, len(loader), "eval", progress):
-        _bad_images(bad, on_bad_image)
-        if labels.numel() == 0:
-            continue
-        images, labels = rt.to_device(images, labels)
-        with rt.autocast():
-            logits = model(images).float()
-        if monitor is not None:
-            monitor.observe_eval(labels)
-        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
-        sums[1:3] += correct_topk(logits, labels)
-        sums[3] += (labels >= 0).sum()
-    loss, top1, top5, count = distributed.sum_across(sums, rt.dist).tolist()
-    if count == 0:
-        raise CondnetError("evaluation: the validation set has no readable images")
-    return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count, "count": int(count)}
 
 
 def build_network(cfg: Config, num_classes: int) -> CondNet:
@@ -335,7 +291,8 @@ def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, 
                            "the last good checkpoint is kept (try a lower train.lr_peak)")  # fmt: skip
     if skipped:
         print(f"warning: epoch {epoch + 1}: skipped {skipped} unreadable images", file=sys.stderr)
-    val = evaluate(net, val_loader, rt, progress, monitor, cfg.data.on_bad_image)
+    val = evaluate(net, val_loader, rt, progress=progress, monitor=monitor,
+                   on_bad_image=cfg.data.on_bad_image)  # fmt: skip
     return {
         "epoch": epoch, "lr": lr, "train_loss": loss, "val_loss": val["loss"],
         "val_top1": val["top1"], "val_top5": val["top5"],
@@ -362,21 +319,3 @@ def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> Non
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
                 state[key] = value.to(device)
-
-
-def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validation loss, top-1 and top-5 of a checkpoint, with its own data config (+ overrides)."""
-    from condnet.engine.checkpoint import model_from_checkpoint
-
-    state = load_checkpoint(path)
-    if "config" not in state:
-        raise CondnetError(f"{path}: has no training config; cannot rebuild its validation set")
-    cfg = from_dict(state["config"], overrides)
-    rt = make_runtime(cfg.run)
-    _, val_split = load_splits(cfg.data, cfg.run.seed)
-    if len(val_split.class_names) != len(state["class_names"]):
-        raise CondnetError(f"the data has {len(val_split.class_names)} classes, the checkpoint {len(state['class_names'])}")
-    val_set = split_data(cfg, rt, val_split, "val")
-    model = place_model(model_from_checkpoint(state), rt)
-    result = evaluate(model, eval_loader(cfg, val_set, rt), rt, on_bad_image=cfg.data.on_bad_image)
-    return {"checkpoint": str(path), "epoch": state.get("epoch"), **result, **rt.record()}
