@@ -8,7 +8,8 @@ import torch
 
 from condnet.cli import main
 
-TINY = ["--set", "widths=8", "repeats=1", "head_channels=16", "--resolution", "16"]
+TINY = ["--set", "model.overrides.widths=8", "model.overrides.repeats=1", "model.overrides.head_channels=16",
+        "--resolution", "16"]  # fmt: skip
 
 
 def test_json_has_every_backend_and_batch(capsys):

@@ -97,6 +97,13 @@ def test_cli_text_table_has_notes(capsys):
 
 
 def test_cli_profile_errors_are_one_line(capsys):
-    assert main(["profile", "--model", "paper-se", "--set", "kernel_size=4"]) == 2
+    assert main(["profile", "--model", "paper-se", "--set", "model.overrides.kernel_size=4"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "kernel_size" in err and "Traceback" not in err
+
+
+def test_cli_set_takes_the_dotted_model_override_keys(capsys):
+    assert main(["profile", "--model", "paper-se", "--set", "model.overrides.kernel_size=5"]) == 0
+    assert capsys.readouterr().out.startswith("paper-se kernel_size=5: input 3x56x56")
+    assert main(["profile", "--set", "kernel_size=5"]) == 2  # train's grammar, not a second one
+    assert "write model.overrides.kernel_size=..." in capsys.readouterr().err

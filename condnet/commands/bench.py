@@ -6,7 +6,7 @@ import json
 import torch
 
 from condnet.deploy.bench import BACKENDS, DEVICES, bench, format_timings, timings_to_dict
-from condnet.commands.common import parse_assignments
+from condnet.commands.common import add_set_option, parse_model_overrides, short_assignments
 from condnet.errors import CondnetError
 from condnet.models import build_model
 from condnet.models.condconv import FORMULATIONS, set_formulation
@@ -15,8 +15,7 @@ from condnet.models.condconv import FORMULATIONS, set_formulation
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="inference latency and throughput per backend and batch")
     p.add_argument("--model", default="paper-standard", help="preset name (see `condnet models`)")
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="model override, e.g. num_experts=8")
+    add_set_option(p, "model.overrides.num_experts=8")
     p.add_argument("--batch", default="1,64", help="comma-separated batch sizes (1,64)")
     p.add_argument("--backend", default="eager,fused,onnxruntime",
                    help=f"comma-separated, from {','.join(BACKENDS)} (eager,fused,onnxruntime)")
@@ -33,18 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     batches = _int_list("--batch", args.batch)
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    model = build_model(args.model, **parse_assignments(args.set))
+    model = build_model(args.model, **parse_model_overrides(args.set))
     set_formulation(model, args.formulation)
     timings = bench(model, backends, batches, args.device, args.iters, args.warmup, args.resolution)
     setting = {
-        "model": args.model, "overrides": args.set, "device": args.device,
+        "model": args.model, "overrides": short_assignments(args.set), "device": args.device,
         "threads": torch.get_num_threads(), "formulation": args.formulation,
         "resolution": args.resolution, "iters": args.iters, "warmup": args.warmup,
     }  # fmt: skip
     if args.json:
         print(json.dumps(setting | {"results": timings_to_dict(timings)}, indent=2))
     else:
-        header = (f"{args.model}{''.join(' ' + s for s in args.set)} on {args.device} "
+        header = (f"{args.model}{''.join(' ' + s for s in setting['overrides'])} on {args.device} "
                   f"({setting['threads']} threads), {args.resolution}x{args.resolution}, "
                   f"median of {args.iters} runs after {args.warmup} warm-up runs")
         print(format_timings(timings, header))

@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from condnet.commands.common import parse_assignments
+from condnet.commands.common import add_set_option, parse_assignments
 from condnet.config import load_config
 from condnet.data.prepare import prepare_imagenet
 
@@ -21,8 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(run=run_prepare)
     c = tasks.add_parser("cache", help="decode a config's data into the tensor pipeline's cache")
     c.add_argument("--config", help="YAML config (default: the paper recipe)")
-    c.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. data.root=/data/in100 data.num_workers=8")
+    add_set_option(c, "data.root=/data/in100 data.num_workers=8")
     c.set_defaults(run=run_cache)
 
 

@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from condnet.commands.common import parse_assignments
+from condnet.commands.common import add_set_option, parse_assignments
 from condnet.engine.evaluation import evaluate_checkpoint
 
 
@@ -11,8 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on its validation set")
     p.add_argument("checkpoint", help="a checkpoint file, or a run folder (uses its last.pt)")
     p.add_argument("--data", metavar="ROOT", help="evaluate on this data.root instead")
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="dotted config override, e.g. data.source=imagefolder")
+    add_set_option(p, "data.source=imagefolder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
 
