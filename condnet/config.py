@@ -21,6 +21,7 @@ from condnet.paper import IMAGENET_MEAN, IMAGENET_STD
 SOURCES = ("imagefolder", "imagenet64", "cifar10", "cifar100", "fashion-mnist", "synthetic")
 PIPELINES = ("torchvision", "tensor")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MODEL_OVERRIDES = "model.overrides."  # dotted keys below it name a model override each
 
 
 def _spec(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
@@ -210,26 +211,35 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
 
 def from_dict(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Config:
     """Build and validate a Config from nested data and dotted overrides (``train.epochs``)."""
-    data = yaml.safe_load(yaml.safe_dump(dict(data)))  # deep copy of plain data
-    for key, value in (overrides or {}).items():
-        if key.startswith("model.overrides."):
-            data.setdefault("model", {}).setdefault("overrides", {})[key[16:]] = value
-        else:
-            _set_dotted(data, key, value)
-    cfg = _build(Config, data, "")
+    cfg = _build(Config, merge_overrides(data, overrides), "")
     _check_consistency(cfg)
     return cfg
 
 
+def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A deep copy of nested `data` with the dotted `overrides` set in it, not yet validated."""
+    data = yaml.safe_load(yaml.safe_dump(dict(data)))  # deep copy of plain data
+    for key, value in (overrides or {}).items():
+        if key.startswith(MODEL_OVERRIDES):
+            data.setdefault("model", {}).setdefault("overrides", {})[key.removeprefix(MODEL_OVERRIDES)] = value
+        else:
+            _set_dotted(data, key, value)
+    return data
+
+
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read a YAML config (None: the defaults, i.e. the paper recipe) and apply overrides."""
-    data: Any = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise CondnetError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise CondnetError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    return from_dict(data, overrides)
+    return from_dict(read_config_file(path), overrides)
+
+
+def read_config_file(path: str | Path | None) -> Any:
+    """The YAML data of a config file, not yet validated (None: no file, no settings)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise CondnetError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise CondnetError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None

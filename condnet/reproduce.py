@@ -3,7 +3,8 @@
 With `jobs > 1` the blocks train side by side, each in a `condnet train` process of its own
 with its share of the CPU threads (on a small CPU that beats one run after another with all
 threads each: small convolutions scale poorly over threads; measured in the README's demo
-section); their output lines are prefixed with the block's name.
+section); their output lines are prefixed with the block's name. The config is shared: each
+block's run gets the model overrides its blocks use (`num_experts` reaches paper-condconv alone).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from condnet.config import Config, load_config
+from condnet.config import Config, from_dict, merge_overrides, read_config_file
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.trainer import resume_config, train
 from condnet.errors import CondnetError
 from condnet.models import list_models
+from condnet.models.presets import drop_unused_overrides
 from condnet.report.build import build_report
 
 
@@ -37,9 +39,9 @@ def reproduce(config: str | Path | None, out: str | Path, overrides: dict[str, A
 
     `models`: by default the paper's networks."""
     out, models = Path(out), models or list_models(paper_order=True)
-    todo = []
+    data, todo = read_config_file(config), []
     for name in models:
-        cfg = load_config(config, {**(overrides or {}), "model.name": name})
+        cfg = block_config(data, overrides or {}, name)
         state = run_state(out / name, cfg.train.epochs)
         print(f"== {name}: {'already finished, skipped' if state == 'finished' else state + ' run'}", flush=True)
         if state != "finished":
@@ -49,6 +51,16 @@ def reproduce(config: str | Path | None, out: str | Path, overrides: dict[str, A
     for cfg, folder, resume in todo if jobs <= 1 or len(todo) <= 1 else []:
         train(resume_config(folder) if resume else cfg, folder, resume=resume, progress=progress)
     return build_report(out, models)
+
+
+def block_config(data: Any, overrides: dict[str, Any], name: str) -> Config:
+    """The shared config (file `data` and dotted `overrides`) for model `name`, less the model
+    overrides that its blocks do not use."""
+    merged = merge_overrides(data, {**overrides, "model.name": name})
+    model = merged.get("model")
+    if isinstance(model, dict) and isinstance(model.get("overrides"), dict):
+        model["overrides"] = drop_unused_overrides(name, model["overrides"])
+    return from_dict(merged)
 
 
 def _train_side_by_side(todo: list[tuple[Config, Path, bool]], out: Path, jobs: int) -> None:

@@ -9,7 +9,7 @@ from torch import nn
 import condnet
 from condnet.errors import CondnetError
 from condnet.models import BLOCKS, CondConv2d, Routing, get_spec
-from condnet.models.blocks import SqueezeExcite
+from condnet.models.blocks import SqueezeExcite, block_uses
 
 PRESETS = condnet.list_models()
 # SPEC section 2: (Ni, No, stride) of every block, in order.
@@ -185,3 +185,26 @@ def test_overfits_a_small_batch(name):
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        ("paper-standard", {"num_experts": 8}, r"num_experts: not used by block standard \(used by: condconv\)"),
+        ("paper-se", {"routing_activation": "softmax"}, "routing_activation: not used by block se"),
+        ("paper-standard", {"se_ratio": 8}, r"se_ratio: not used by block standard \(used by: condconv, se\)"),
+        ("paper-se", {"stages": [{"channels": 8, "repeats": 1, "block": "se", "routing": "conv"}]},
+         r"stages\[0\].routing: not used by block se"),
+    ],
+)  # fmt: skip
+def test_an_override_no_block_uses_is_an_error_naming_the_key(name, overrides, message):
+    with pytest.raises(CondnetError, match=message):
+        condnet.build_model(name, **overrides)
+
+
+def test_the_registry_says_what_each_block_uses():
+    assert [block_uses(b, "se_ratio") for b in ("standard", "se", "condconv")] == [False, True, True]
+    assert [block_uses(b, "num_experts") for b in ("standard", "se", "condconv")] == [False, False, True]
+    # A network mixing kinds takes an option that one of its kinds uses.
+    spec = get_spec("paper-standard", block=["standard"] * 5 + ["condconv"], num_experts=2)
+    assert spec.stages[5].num_experts == 2

@@ -11,7 +11,7 @@ from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.trainer import train
 from condnet.models import list_models
 from condnet.report.build import build_report
-from condnet.reproduce import reproduce
+from condnet.reproduce import block_config, reproduce
 from tests.helpers import tiny_config
 
 MODELS = list_models(paper_order=True)
@@ -148,3 +148,11 @@ def test_amp_off_on_cuda_is_exact_fp32(monkeypatch):
         torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
     cpu = Runtime(torch.device("cpu"), Dist(rank=0, world=2), amp=True, channels_last=False)
     assert cpu.record()["precision"] == "bf16 autocast" and cpu.record()["device"].endswith(" x 2")
+
+
+def test_a_shared_model_override_reaches_the_blocks_that_use_it():
+    overrides = {"model.overrides.num_experts": 8, "model.overrides.widths": 8}
+    standard = block_config({"model": {"overrides": {"se_ratio": 2}}}, overrides, "paper-standard")
+    condconv = block_config({"model": {"overrides": {"se_ratio": 2}}}, overrides, "paper-condconv")
+    assert standard.model.overrides == {"widths": 8}
+    assert condconv.model.overrides == {"se_ratio": 2, "num_experts": 8, "widths": 8}

@@ -8,9 +8,8 @@ from typing import Any
 
 import yaml
 
+from condnet.config import MODEL_OVERRIDES
 from condnet.errors import CondnetError
-
-MODEL_OVERRIDES = "model.overrides."
 
 
 def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:

@@ -11,6 +11,7 @@ buffers are kept). README.md lists the keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -50,11 +51,23 @@ def is_fixed(key: str) -> bool:
 def check_resume(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
     """The settings `new` changes from the run's `old` ones; refuses one that cannot change."""
     changes = changed_settings(old, new)
+    _refuse_fixed(changes)
+    return changes
+
+
+def check_resume_overrides(saved: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Refuse a dotted override that changes a setting fixed on resume, before the new config
+    is validated (a model override that the run's network would not use is refused as a
+    change, not as a bad model)."""
+    before = flat(saved)
+    _refuse_fixed({k: (before.get(k), v) for k, v in overrides.items() if before.get(k) != v})
+
+
+def _refuse_fixed(changes: Mapping[str, tuple[Any, Any]]) -> None:
     for key, (before, after) in changes.items():
         if is_fixed(key):
             raise CondnetError(f"{key}: cannot change on resume (the run has {before!r}, got "
                                f"{after!r}); start a new run with --out instead")  # fmt: skip
-    return changes
 
 
 def apply_optimizer_settings(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:

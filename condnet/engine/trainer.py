@@ -21,7 +21,7 @@ from condnet.engine.diagnostics import RoutingLog, RoutingMonitor, has_routing
 from condnet.engine.evaluation import count_bad_images, evaluate, progress_bar
 from condnet.engine.loaders import Loader, eval_loader, eval_subset, split_data, train_loader
 from condnet.engine.metrics import MetricsLog, truncate_metrics
-from condnet.engine.resume import apply_optimizer_settings, check_resume
+from condnet.engine.resume import apply_optimizer_settings, check_resume, check_resume_overrides
 from condnet.engine.routing_rates import calibrate_router_rates, needs_calibration
 from condnet.engine.runtime import (
     Runtime,
@@ -159,6 +159,7 @@ def _check_classes(state: dict[str, Any], names: list[str]) -> None:
 def resume_config(out: Path, overrides: dict[str, Any] | None = None) -> Config:
     """The configuration a run in `out` was started with, plus `overrides`."""
     state = load_checkpoint(out / "last.pt")
+    check_resume_overrides(state["config"], overrides or {})
     return from_dict(state["config"], overrides)
 
 

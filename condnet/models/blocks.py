@@ -6,7 +6,10 @@ registry) can swap them per stage:
     Block(in_channels, out_channels, stride, *, expansion, kernel_size, se_ratio,
           num_experts, routing, routing_activation, act_layer, norm_layer)
 
-Expanded width Ne = expansion * in_channels; identity path exactly when in == out and stride 1.
+Each kind also states which of the stage options it uses (`options`); the registry answers
+for it (`block_uses`), so that a spec can check what a block needs and refuse an override that
+no block of the network would use. Expanded width Ne = expansion * in_channels; identity path
+exactly when in == out and stride 1.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ class SqueezeExcite(nn.Module):
 class StandardBlock(nn.Module):
     """Block A: 1x1 expand, k x k depthwise (stride), 1x1 project, identity when shapes allow."""
 
-    with_se = False
+    options = ("expansion", "kernel_size")  # the stage options it uses; it ignores the others
 
     def __init__(
         self,
@@ -114,7 +117,7 @@ class StandardBlock(nn.Module):
         layer = dict(act_layer=act_layer, norm_layer=norm_layer)
         self.expand = ConvNormAct(in_channels, inner, 1, **layer)
         self.depthwise = ConvNormAct(inner, inner, kernel_size, stride, groups=inner, **layer)
-        self.se = SqueezeExcite(inner, inner // se_ratio, act_layer) if self.with_se else nn.Identity()
+        self.se = SqueezeExcite(inner, inner // se_ratio, act_layer) if "se_ratio" in self.options else nn.Identity()
         self.project = ConvNormAct(inner, out_channels, 1, act_layer=None, norm_layer=norm_layer)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -125,7 +128,7 @@ class StandardBlock(nn.Module):
 class SEBlock(StandardBlock):
     """Block B: Block A with squeeze-and-excitation on the expanded channels (Figure 3)."""
 
-    with_se = True
+    options = (*StandardBlock.options, "se_ratio")
 
 
 class CondConvBlock(nn.Module):
@@ -134,6 +137,8 @@ class CondConvBlock(nn.Module):
     Routing is computed once per block from its input and shared by the three CondConvs
     (`routing="block"`), or by each CondConv from its own input (`routing="conv"`).
     """
+
+    options = (*SEBlock.options, "num_experts", "routing", "routing_activation")
 
     def __init__(
         self,
@@ -186,3 +191,13 @@ def get_block(name: str) -> type[nn.Module]:
     if name not in BLOCKS:
         raise CondnetError(f"unknown block {name!r}; registered blocks: {', '.join(sorted(BLOCKS))}")
     return BLOCKS[name]
+
+
+def block_uses(name: str, option: str) -> bool:
+    """Whether the block kind `name` uses the stage option `option` (e.g. ``se_ratio``)."""
+    return option in get_block(name).options
+
+
+def blocks_using(option: str) -> list[str]:
+    """The registered kinds that use the stage option `option`, by name."""
+    return sorted(name for name in BLOCKS if block_uses(name, option))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from condnet.errors import CondnetError
 from condnet.models.net import CondNet
-from condnet.models.spec import NetSpec, StageSpec, with_overrides
+from condnet.models.spec import NetSpec, StageSpec, unused_overrides, with_overrides
 from condnet.paper import NETWORKS, TABLE1_STAGES
 
 
@@ -31,6 +32,18 @@ def get_spec(name: str, **overrides: Any) -> NetSpec:
     if name not in PRESETS:
         raise CondnetError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return with_overrides(PRESETS[name], **overrides)
+
+
+def drop_unused_overrides(name: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`overrides` shared by several presets, less the per-stage keys that no block of preset
+    `name` uses (`num_experts` reaches paper-condconv alone); unchanged where the block layout
+    they give is invalid (building the model then says why)."""
+    layout = {key: overrides[key] for key in ("block", "stages") if key in overrides}
+    try:
+        unused = unused_overrides(get_spec(name, **layout), overrides)
+    except CondnetError:
+        return dict(overrides)
+    return {key: value for key, value in overrides.items() if key not in unused}
 
 
 def build_model(name: str, num_classes: int = 100, **overrides: Any) -> CondNet:
