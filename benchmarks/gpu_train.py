@@ -126,7 +126,7 @@ def train_steps(
     """`steps` steps of the real loop from image `start`; returns the images trained on."""
     part = chunk(data, start, steps * cfg.train.batch_size)
     loader = train_loader(cfg, part, rt, 0, seed_epoch(cfg.run.seed, start, 0))
-    return train_one_epoch(net, loader, optimizer, rt, cfg, 0, False, stop)[1]
+    return train_one_epoch(net, loader, optimizer, rt, cfg, epoch=0, progress=False, stop=stop)[1]
 
 
 def graphs() -> int:

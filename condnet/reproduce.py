@@ -33,7 +33,7 @@ def run_state(folder: Path, epochs: int) -> str:
     return "finished" if done >= epochs else "partial"
 
 
-def reproduce(config: str | Path | None, out: str | Path, overrides: dict[str, Any] | None = None,
+def reproduce(config: str | Path | None, out: str | Path, overrides: dict[str, Any] | None = None, *,
               models: list[str] | None = None, progress: bool | None = None, jobs: int = 1) -> tuple[Path, list[dict]]:  # fmt: skip
     """Train every model not yet finished in `out/<model>` (resuming a partial one), then report.
 

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     model = build_model(args.model, **parse_model_overrides(args.set))
     set_formulation(model, args.formulation)
-    timings = bench(model, backends, batches, args.device, args.iters, args.warmup, args.resolution)
+    timings = bench(model, backends=backends, batches=batches, device=args.device, iters=args.iters,
+                    warmup=args.warmup, resolution=args.resolution)  # fmt: skip
     setting = {
         "model": args.model, "overrides": short_assignments(args.set), "device": args.device,
         "threads": torch.get_num_threads(), "formulation": args.formulation,

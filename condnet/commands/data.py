@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    counts = prepare_imagenet(args.src, args.dst, args.classes, args.workers, args.size)
+    counts = prepare_imagenet(args.src, args.dst, args.classes, workers=args.workers, size=args.size)
     print(f"written {counts['written']}, already there {counts['skipped']}, failed {counts['failed']}")
     return 1 if counts["failed"] else 0
 

@@ -99,7 +99,7 @@ def fingerprint(split: Split, size: int, longest: int) -> str:
 
 
 def load_cached(
-    split: Split, folder: Path, size: int, crop: int, on_bad_image: str = "skip",
+    split: Split, folder: Path, size: int, crop: int, *, on_bad_image: str = "skip",
     workers: int = 0, progress: bool = False, report: bool = True, build: bool = True,
 ) -> CachedSplit:  # fmt: skip
     """The split's cache in `folder`, built first when missing, stale or incomplete.

@@ -96,7 +96,7 @@ def balanced_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 def make_datasets(cfg: DataConfig, train: Split, val: Split) -> tuple[SplitDataset, SplitDataset]:
     mean, std = cfg.mean, cfg.std
-    train_tf = train_transform(cfg.crop, cfg.scale, cfg.ratio, cfg.hflip, mean, std)
+    train_tf = train_transform(cfg.crop, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, mean=mean, std=std)
     eval_tf = TransformSpec.from_config(cfg).build()
     return SplitDataset(train, train_tf, cfg.on_bad_image), SplitDataset(val, eval_tf, cfg.on_bad_image)
 
@@ -114,7 +114,7 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, shuffle: bool,
+def make_loader(dataset: Dataset, batch_size: int, *, sampler: Sampler | None, shuffle: bool,
                 generator: torch.Generator | None, workers: int, drop_last: bool = False) -> DataLoader:
     return DataLoader(
         dataset,

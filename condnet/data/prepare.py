@@ -66,7 +66,7 @@ def convert_one(job: tuple[Path, Path], size: int = 64) -> str | None:
     return None
 
 
-def prepare_imagenet(src: Path, dst: Path, classes_file: Path, workers: int = 0, size: int = 64) -> dict:
+def prepare_imagenet(src: Path, dst: Path, classes_file: Path, *, workers: int = 0, size: int = 64) -> dict:
     """Convert what is missing; returns counts of written, skipped (already there) and failed."""
     if size < 1:
         raise CondnetError(f"--size: expected a positive number of pixels, got {size}")

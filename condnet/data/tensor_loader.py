@@ -62,7 +62,7 @@ class TensorLoader:
     """
 
     def __init__(self, split: DeviceSplit, batch_size: int, cfg: DataConfig,
-                 generator: torch.Generator | None = None, channels_last: bool = False,
+                 generator: torch.Generator | None = None, *, channels_last: bool = False,
                  length: int | None = None) -> None:  # fmt: skip
         self.split, self.cfg, self.generator = split, cfg, generator
         self.length = len(split) if length is None else min(length, len(split))

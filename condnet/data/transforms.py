@@ -19,6 +19,7 @@ from condnet.paper import IMAGENET_MEAN, IMAGENET_STD
 
 def train_transform(
     crop: int = 56,
+    *,
     scale: Sequence[float] = (0.08, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,

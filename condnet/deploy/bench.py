@@ -42,6 +42,7 @@ class Timing:
 
 def bench(
     model: CondNet,
+    *,
     backends: Sequence[str] = ("eager", "fused"),
     batches: Sequence[int] = (1, 64),
     device: str = "cpu",

@@ -39,7 +39,7 @@ from condnet.models import CondNet, Routing, build_model
 
 def train_one_epoch(
     model: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, rt: Runtime,
-    cfg: Config, epoch: int, progress: bool, stop: StopSignals, monitor: RoutingMonitor | None = None,
+    cfg: Config, *, epoch: int, progress: bool, stop: StopSignals, monitor: RoutingMonitor | None = None,
 ) -> tuple[float, int, int]:  # fmt: skip
     """One pass over `loader`. Returns (mean loss, images seen, images skipped).
 
@@ -171,7 +171,7 @@ def _log_line(record: dict[str, Any], epochs: int) -> str:
 
 
 def train(
-    cfg: Config, out: str | Path, resume: bool = False, progress: bool | None = None,
+    cfg: Config, out: str | Path, *, resume: bool = False, progress: bool | None = None,
     stop_after: int | None = None,
 ) -> list[dict]:  # fmt: skip
     """Train per `cfg`, writing metrics and checkpoints to `out`; returns the metrics records.
@@ -191,8 +191,8 @@ def train(
     train_split, val_split = load_splits(cfg.data, cfg.run.seed)
     if state is not None:
         _check_classes(state, train_split.class_names)
-    train_set = split_data(cfg, rt, train_split, "train", progress)
-    val_set = split_data(cfg, rt, val_split, "val", progress)
+    train_set = split_data(cfg, rt, train_split, "train", progress=progress)
+    val_set = split_data(cfg, rt, val_split, "val", progress=progress)
     torch.manual_seed(cfg.run.seed)  # the initial weights
     model = build_network(cfg, len(train_split.class_names))
     optimizer = make_optimizer(model, cfg, fused=rt.device.type == "cuda")
@@ -203,7 +203,7 @@ def train(
     _optimizer_to(optimizer, rt.device)
     monitor = _monitor(model, cfg, len(train_split.class_names))
     net = _wrap(model, cfg, rt)
-    save = _saver(out, model, optimizer, cfg, train_split.class_names, rt, resumes)
+    save = _saver(out, model, optimizer, cfg, rt=rt, class_names=train_split.class_names, resumes=resumes)
     if rt.dist.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
@@ -219,7 +219,8 @@ def train(
         with StopSignals(rt.dist) as stop:
             for epoch in range(start, end):
                 loader = val_loader if epoch == cfg.train.epochs - 1 else epoch_loader
-                record = _run_epoch(net, optimizer, cfg, rt, train_set, loader, epoch, progress, stop, monitor)
+                record = _run_epoch(net, optimizer, cfg, rt, epoch, train_set=train_set, val_loader=loader,
+                                    progress=progress, stop=stop, monitor=monitor)  # fmt: skip
                 metrics.append(record)
                 routing = monitor.epoch_records(epoch, lambda t: distributed.sum_across(t, rt.dist)) if monitor else []
                 if log is not None:
@@ -243,7 +244,7 @@ def train(
     return metrics
 
 
-def _saver(out: Path, model: CondNet, optimizer, cfg: Config, class_names, rt: Runtime,
+def _saver(out: Path, model: CondNet, optimizer, cfg: Config, *, rt: Runtime, class_names,
            resumes: list):  # fmt: skip
     """save(epoch, metrics, best_top1, best=...): last.pt (and best.pt), on rank 0 only."""
 
@@ -279,13 +280,14 @@ def _monitor(model: CondNet, cfg: Config, num_classes: int) -> RoutingMonitor | 
     return RoutingMonitor(model, num_classes, cfg.run.routing_stats_every)
 
 
-def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, epoch: int,
+def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, epoch: int, *, train_set, val_loader,
                progress: bool, stop: StopSignals, monitor: RoutingMonitor | None) -> dict[str, Any]:  # fmt: skip
     lr = apply_schedule(net, optimizer, epoch, cfg.train)
     generator = seed_epoch(cfg.run.seed, epoch, rt.dist.rank)
     loader = train_loader(cfg, train_set, rt, epoch, generator)
     started = time.perf_counter()
-    loss, seen, skipped = train_one_epoch(net, loader, optimizer, rt, cfg, epoch, progress, stop, monitor)
+    loss, seen, skipped = train_one_epoch(net, loader, optimizer, rt, cfg, epoch=epoch, progress=progress,
+                                          stop=stop, monitor=monitor)  # fmt: skip
     train_seconds = time.perf_counter() - started
     if not math.isfinite(loss):
         raise CondnetError(f"training loss became {loss} in epoch {epoch + 1}; stopped, "

@@ -34,6 +34,7 @@ class ConvNormAct(nn.Sequential):
         out_channels: int,
         kernel_size: int = 1,
         stride: int = 1,
+        *,
         groups: int = 1,
         act_layer: LayerFactory | None = nn.ReLU,
         norm_layer: LayerFactory = nn.BatchNorm2d,
@@ -55,6 +56,7 @@ class CondConvNormAct(nn.Module):
         out_channels: int,
         kernel_size: int = 1,
         stride: int = 1,
+        *,
         groups: int = 1,
         num_experts: int = 4,
         own_routing: bool = False,
@@ -64,8 +66,8 @@ class CondConvNormAct(nn.Module):
     ) -> None:
         super().__init__()
         self.conv = CondConv2d(
-            in_channels, out_channels, kernel_size, stride, None, groups, num_experts, own_routing,
-            routing_activation=routing_activation,
+            in_channels, out_channels, kernel_size, stride, None, groups, num_experts=num_experts,
+            own_routing=own_routing, routing_activation=routing_activation,
         )
         self.bn = norm_layer(out_channels)
         self.act = act_layer(inplace=True) if act_layer else nn.Identity()

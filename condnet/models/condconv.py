@@ -91,6 +91,7 @@ class CondConv2d(nn.Module):
         stride: int = 1,
         padding: int | None = None,
         groups: int = 1,
+        *,
         num_experts: int = 4,
         own_routing: bool = False,
         bias: bool = False,
