@@ -1,4 +1,4 @@
-"""condnet against timm on the same network, side by side in one process (issue 6).
+"""condnet against timm on the same network, side by side in one process.
 
     pip install -e '.[bench]'
     python benchmarks/compare_timm.py                       # all three blocks, ~15 min on 2 cores
@@ -54,7 +54,7 @@ from condnet.paper import NETWORKS
 
 BLOCKS = tuple(NETWORKS.values())
 METRICS = ("train", "latency1", "throughput64")
-# Issue 6's targets: condnet/timm at least (throughput) or at most (latency).
+# The targets of the race: condnet/timm at least (throughput) or at most (latency).
 TARGETS = {"train": (">=", 1.5), "latency1": ("<=", 0.7), "throughput64": (">=", 1.3)}
 VS_SE = {"train": (">=", 0.8), "latency1": ("<=", 1.15), "throughput64": (">=", 0.85)}
 

@@ -1,4 +1,4 @@
-"""Training speed of the tensor pipeline on one device, per block kind (issue 7).
+"""Training speed of the tensor pipeline on one device, per block kind.
 
 Synthetic uint8 images shaped like ImageNet-100 at 64 px (128,000 training and 5,000 validation
 images, 100 classes) are put on the device once; then, for each network, the real training loop
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append({**measure(args, name, train_data, val_data), "epochs": args.epochs})
         print(f"{name}: {rows[-1]['train_images_per_s']:,.0f} training images/s", flush=True)
     print(table(rows))
-    print("target (issue 7): the 55 epochs in at most 10 min, at least 12,000 training images/s")
+    print("target: the 55 epochs in at most 10 min, at least 12,000 training images/s")
     return rows
 
 

@@ -4,7 +4,7 @@ One forward pass of one example records, for every conv, CondConv and linear lay
 implied by its actual input and output shapes. Nothing here describes the network a second
 time: rows are grouped from the model's own stages, and counts come from what ran.
 
-Conventions (SPEC section 3): MACs of a conv = Hout * Wout * Cout * (Cin / groups) * k * k;
+Conventions (the paper's Table 4): MACs of a conv = Hout * Wout * Cout * (Cin / groups) * k * k;
 filter coefficients = Cout * (Cin / groups) * k * k (times the experts for CondConv). BN,
 activations, pooling, the SE rescale and additions are not counted as MACs.
 """

@@ -1,4 +1,4 @@
-"""The three presets against SPEC section 2, over the whole registry."""
+"""The three presets against the paper's Table 1 and Figure 2, over the whole registry."""
 
 import dataclasses
 
@@ -12,7 +12,7 @@ from condnet.models import BLOCKS, CondConv2d, Routing, get_spec
 from condnet.models.blocks import SqueezeExcite, block_uses
 
 PRESETS = condnet.list_models()
-# SPEC section 2: (Ni, No, stride) of every block, in order.
+# The paper's Table 1: (Ni, No, stride) of every block, in order.
 PAPER_BLOCKS = (
     [(16, 16, 1), (16, 24, 1), (24, 24, 1), (24, 40, 2)] + [(40, 40, 1)] * 2 + [(40, 80, 2)]
     + [(80, 80, 1)] * 3 + [(80, 160, 2)] + [(160, 160, 1)] * 4 + [(160, 320, 1)]
@@ -20,7 +20,7 @@ PAPER_BLOCKS = (
 
 
 def analytic_params(kind: str, classes: int = 100, experts: int = 4) -> int:
-    """Parameter count from SPEC section 2 by hand: the cross-check for the builder."""
+    """Parameter count from the paper's Table 1 and Figure 2 by hand: the cross-check for the builder."""
     total = 3 * 16 * 9 + 2 * 16  # stem conv + BN
     for cin, cout, _ in PAPER_BLOCKS:
         inner = 4 * cin

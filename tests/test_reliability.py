@@ -1,4 +1,5 @@
-"""Bad input gets a clear error, faults lose nothing, nothing untrusted runs (issue 8)."""
+"""Bad input gets a clear error, faults lose nothing, nothing untrusted runs (the README's
+promises about data, faults and untrusted files)."""
 
 import errno
 import io
