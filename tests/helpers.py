@@ -8,10 +8,13 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from condnet.config import Config, from_dict
+from condnet.data.cache import load_cached
 from condnet.data.sources import Split
+from condnet.data.tensor_loader import DeviceSplit
 
 TINY_MODEL = {"widths": [8, 8, 16, 16, 24, 24], "repeats": 1, "head_channels": 32}
 
@@ -27,6 +30,30 @@ def tiny_config(**overrides) -> Config:
         "run": {"deterministic": True, "channels_last": False, "threads": 1},
     }  # fmt: skip
     return from_dict(data, overrides)
+
+
+def tensor_config(tmp_path: Path, **overrides) -> Config:
+    """`tiny_config` on the tensor pipeline, its cache under `tmp_path`."""
+    return tiny_config(
+        **{"data.pipeline": "tensor", "data.cache": str(tmp_path / "cache"), **overrides}
+    )
+
+
+def paper_data():
+    """The data settings of the paper's sizes (resize 64, crop 56, its crop scales)."""
+    return tiny_config(**{"data.resize": 64, "data.crop": 56, "data.scale": [0.08, 1.0]}).data
+
+
+def array_split(count: int = 40, size: int = 64, seed: int = 0) -> Split:
+    """`count` random RGB images of `size` x `size` in memory, four classes."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    return Split(images, np.arange(count) % 4, [f"c{i}" for i in range(4)])
+
+
+def device_split(split: Split, folder: Path, size: int = 64, crop: int = 56) -> DeviceSplit:
+    """`split` through the cache in `folder`, on the CPU as the tensor pipeline holds it."""
+    return DeviceSplit.from_cache(load_cached(split, folder, size, crop), torch.device("cpu"))
 
 
 def tiny_array_split() -> Split:
