@@ -44,13 +44,12 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timm_reference import build_timm
-
 import condnet
 from condnet.complexity import profile
 from condnet.deploy.inference import channels_last_weights, prepare_inference
 from condnet.memory import retain_freed_memory
 from condnet.paper import NETWORKS
+from timm_reference import build_timm
 
 BLOCKS = tuple(NETWORKS.values())
 METRICS = ("train", "latency1", "throughput64")

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from condnet.config import Config, from_dict  # noqa: E402
 from condnet.data.tensor_loader import DeviceSplit  # noqa: E402
+from condnet.engine.evaluation import evaluate  # noqa: E402
 from condnet.engine.loaders import eval_loader, train_loader  # noqa: E402
 from condnet.engine.runtime import Runtime, make_runtime, place_model, seed_epoch  # noqa: E402
-from condnet.engine.evaluation import evaluate  # noqa: E402
 from condnet.engine.signals import StopSignals  # noqa: E402
 from condnet.engine.trainer import (  # noqa: E402
     _wrap,

@@ -1,8 +1,8 @@
 """condnet: EfficientNet-style classifiers with standard, SE and SE + CondConv blocks."""
 
-from condnet.errors import CondnetError
 from condnet.deploy.fuse import fuse
 from condnet.deploy.inference import prepare_inference
+from condnet.errors import CondnetError
 from condnet.models import CondNet, NetSpec, build_model, get_spec, list_models
 from condnet.version import __version__
 

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from condnet.commands import COMMANDS
 from condnet.engine.signals import Interrupted

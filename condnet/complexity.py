@@ -20,7 +20,12 @@ from torch import nn
 from condnet.models.condconv import CondConv2d
 from condnet.models.net import CondNet
 from condnet.models.presets import PRESETS
-from condnet.paper import TABLE4_NETWORK, TABLE4_PRINTED_ROWS, TABLE4_PRINTED_TOTAL, TABLE4_RESOLUTION
+from condnet.paper import (
+    TABLE4_NETWORK,
+    TABLE4_PRINTED_ROWS,
+    TABLE4_PRINTED_TOTAL,
+    TABLE4_RESOLUTION,
+)
 
 KINDS = ("conv", "se", "routing", "mixing", "classifier", "bn")
 KIND_TITLES = {
@@ -116,7 +121,7 @@ class Profile:
 
 def _paper_differences(prof: Profile) -> list[str]:
     rows = [r.to_dict() for r in prof.rows]
-    shifted = [r["name"] for r, p in zip(rows, TABLE4_PRINTED_ROWS) if r["coefficients"] != p[1]]
+    shifted = [r["name"] for r, p in zip(rows, TABLE4_PRINTED_ROWS, strict=True) if r["coefficients"] != p[1]]
     notes = []
     if shifted:
         notes.append(

@@ -69,7 +69,7 @@ def _train_side_by_side(todo: list[tuple[Config, Path, bool]], out: Path, jobs: 
     threads = max(1, len(os.sched_getaffinity(0)) // min(jobs, len(todo)))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         codes = list(pool.map(lambda run: _train_process(*run, out, threads), todo))
-    failed = [f"{cfg.model.name} (exit status {code})" for (cfg, _, _), code in zip(todo, codes) if code]
+    failed = [f"{cfg.model.name} (exit status {code})" for (cfg, _, _), code in zip(todo, codes, strict=True) if code]
     if failed:
         raise CondnetError(f"training failed: {', '.join(failed)}; run reproduce again to resume")
 

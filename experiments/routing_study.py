@@ -124,7 +124,7 @@ def table(rows: dict[str, dict[str, object]], header: str) -> str:
              "| final entropy | final spread across examples | first saturated | first kernel off | first BN var > 10 |",
              "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name, r in rows.items():
-        def cell(key: str, fmt: str) -> str:
+        def cell(key: str, fmt: str, r: dict[str, object] = r) -> str:
             return format(r[key], fmt) if key in r else ""
 
         losses = " / ".join(f"{v:.3g}" for v in r["val_loss"])

@@ -36,7 +36,7 @@ def test_text_table_with_compile(capsys, monkeypatch):
     lines = capsys.readouterr().out.splitlines()
     assert "median of 1 runs" in lines[0] and len(lines) == 4
     assert lines[1].split() == ["backend", "batch", "median", "ms", "images/s"]
-    for line, name in zip(lines[2:], ("fused", "compile")):
+    for line, name in zip(lines[2:], ("fused", "compile"), strict=False):
         backend, batch, median_ms, throughput = line.split()
         assert (backend, batch) == (name, "2")
         # Printed with 3 and 1 decimals: allow for the rounding.

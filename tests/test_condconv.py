@@ -11,7 +11,7 @@ from condnet.models.condconv import FORMULATIONS, CondConv2d, set_formulation
 
 def naive(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     outs = []
-    for xi, ri in zip(x, r):
+    for xi, ri in zip(x, r, strict=False):
         w = sum(ri[m] * layer.weight[m] for m in range(layer.num_experts))
         outs.append(F.conv2d(xi[None], w, None, layer.stride, layer.padding, groups=layer.groups))
     return torch.cat(outs)
@@ -38,7 +38,7 @@ def test_matches_per_example_loop(depthwise, stride, batch, kernel_size, formula
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (x, r, layer.weight), grad)
     want = torch.autograd.grad(ref_layer_out, (x, r, layer.weight), grad)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
@@ -79,7 +79,7 @@ def test_formulations_agree_on_a_whole_network_with_gradients():
     out_a, grads_a = results[0]
     for out_b, grads_b in results[1:]:
         torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
-        for a, b in zip(grads_a, grads_b):
+        for a, b in zip(grads_a, grads_b, strict=False):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 

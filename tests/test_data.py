@@ -46,7 +46,7 @@ def test_imagenet64_subset_reindexed(tmp_path, npz):
     assert train.images.shape[1:] == (64, 64, 3)
     # The red channel carries the original 1-based label: re-indexing kept images and labels paired.
     original = {0: 5, 1: 2}
-    assert all(img[0, 0, 0] == original[lab] for img, lab in zip(train.images, train.labels))
+    assert all(img[0, 0, 0] == original[lab] for img, lab in zip(train.images, train.labels, strict=False))
 
 
 def traced_peak(function, *args):

@@ -17,8 +17,8 @@ import torch
 from condnet.cli import main
 from condnet.config import TrainConfig, load_config
 from condnet.engine.checkpoint import load_checkpoint
-from condnet.engine.schedule import lr_at
 from condnet.engine.evaluation import evaluate_checkpoint
+from condnet.engine.schedule import lr_at
 from condnet.engine.trainer import build_network, make_optimizer, resume_config, train
 from condnet.errors import CondnetError
 from tests.helpers import tiny_config
@@ -260,7 +260,7 @@ def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    return [(p.returncode, err) for p, err in zip(procs, errors)]
+    return [(p.returncode, err) for p, err in zip(procs, errors, strict=False)]
 
 
 def test_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path):

@@ -11,14 +11,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import condnet
+from condnet.cli import main
 from condnet.data.transforms import TransformSpec
 from condnet.deploy.bundle import Bundle
-from condnet.cli import main
-from condnet.engine.checkpoint import checkpoint_state, save_checkpoint
-from condnet.errors import CondnetError
 from condnet.deploy.export import OnnxClassifier, check_onnx, export_onnx, require
 from condnet.deploy.model_file import read_bundle
 from condnet.deploy.weights import save_weights
+from condnet.engine.checkpoint import checkpoint_state, save_checkpoint
+from condnet.errors import CondnetError
 
 
 @pytest.mark.parametrize("name", condnet.list_models())

@@ -25,8 +25,8 @@ from condnet.data.cache import load_cached
 from condnet.data.images import BadImage, load_rgb
 from condnet.engine import checkpoint as ckpt_module
 from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
-from condnet.engine.metrics import read_metrics
 from condnet.engine.evaluation import evaluate_checkpoint
+from condnet.engine.metrics import read_metrics
 from condnet.engine.trainer import resume_config, train
 from condnet.errors import CondnetError
 from tests.helpers import tiny_array_split, tiny_config, write_imagefolder

@@ -28,7 +28,7 @@ def test_reproduce_trains_three_blocks_and_reports(tmp_path, tiny_yaml, capsys):
     out = tmp_path / "out"
     path, rows = reproduce(tiny_yaml, out, progress=False)
     assert [r["model"] for r in rows] == MODELS
-    for name, row in zip(MODELS, rows):
+    for name, row in zip(MODELS, rows, strict=False):
         metrics = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
         assert load_checkpoint(out / name / "last.pt")["config"]["model"]["name"] == name
         assert row["final_top1"] == metrics[-1]["val_top1"]

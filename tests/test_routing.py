@@ -7,16 +7,22 @@ from deploy_helpers import SMALL, small_model
 from helpers import tiny_config
 
 import condnet
+from condnet.config import TrainConfig
 from condnet.data.transforms import TransformSpec
 from condnet.deploy.bundle import Bundle
-from condnet.config import TrainConfig
+from condnet.deploy.export import check_onnx, export_onnx
+from condnet.deploy.weights import save_weights
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.schedule import routing_lr_factor, routing_temperature_at
-from condnet.engine.trainer import apply_schedule, build_network, make_optimizer, resume_config, train
+from condnet.engine.trainer import (
+    apply_schedule,
+    build_network,
+    make_optimizer,
+    resume_config,
+    train,
+)
 from condnet.errors import CondnetError
-from condnet.deploy.export import check_onnx, export_onnx
 from condnet.models.condconv import Routing
-from condnet.deploy.weights import save_weights
 
 OPTIONS = [("sigmoid", 1.0), ("sigmoid", 7.0), ("softmax", 1.0), ("softmax", 7.0)]
 
@@ -66,7 +72,7 @@ def test_block_c_with_each_activation_against_per_example_kernels(activation):
 
     def cond(unit, inp, act=True):
         outs = []
-        for xi, ri in zip(inp, r):
+        for xi, ri in zip(inp, r, strict=False):
             w = (ri[:, None, None, None, None] * unit.conv.weight).sum(0)
             outs.append(F.conv2d(xi[None], w, None, unit.conv.stride, unit.conv.padding, groups=unit.conv.groups))
         return unit.act(unit.bn(torch.cat(outs)))

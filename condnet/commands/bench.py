@@ -5,8 +5,8 @@ import json
 
 import torch
 
-from condnet.deploy.bench import BACKENDS, DEVICES, bench, format_timings, timings_to_dict
 from condnet.commands.common import add_set_option, parse_model_overrides, short_assignments
+from condnet.deploy.bench import BACKENDS, DEVICES, bench, format_timings, timings_to_dict
 from condnet.errors import CondnetError
 from condnet.models import build_model
 from condnet.models.condconv import FORMULATIONS, set_formulation

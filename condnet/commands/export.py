@@ -2,10 +2,10 @@
 
 import argparse
 
-from condnet.errors import CondnetError
 from condnet.deploy.export import CHECK_BATCHES, CHECK_TOLERANCE, OPSET, check_onnx, export_onnx
 from condnet.deploy.model_file import read_bundle
 from condnet.deploy.weights import WEIGHTS_SUFFIX, save_weights
+from condnet.errors import CondnetError
 
 MAX_OPSET = 20  # the TorchScript exporter's newest
 

@@ -4,8 +4,8 @@ import argparse
 import json
 import sys
 
-from condnet.errors import CondnetError
 from condnet.deploy.predict import Failure, format_prediction, load_classifier, predict
+from condnet.errors import CondnetError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -29,7 +29,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def take(self, indices: np.ndarray) -> "Split":
+    def take(self, indices: np.ndarray) -> Split:
         images = self.images[indices] if isinstance(self.images, np.ndarray) else [self.images[i] for i in indices]
         return Split(images, self.labels[indices], self.class_names)
 

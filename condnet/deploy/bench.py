@@ -22,8 +22,8 @@ from torch import Tensor
 
 from condnet.data.transforms import TransformSpec
 from condnet.deploy.bundle import Bundle
-from condnet.errors import CondnetError
 from condnet.deploy.inference import prepare_inference
+from condnet.errors import CondnetError
 from condnet.models import CondNet
 
 BACKENDS = ("eager", "fused", "compile", "onnxruntime")

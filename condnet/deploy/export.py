@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from condnet.deploy.bundle import Bundle, read_metadata
+from condnet.deploy.fuse import fuse
 from condnet.errors import CondnetError, first_line
 from condnet.files import write_atomically
-from condnet.deploy.fuse import fuse
 from condnet.models.condconv import set_formulation
 
 OPSET = 17

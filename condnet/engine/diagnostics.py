@@ -172,7 +172,7 @@ class RoutingMonitor:
         labels = labels[keep]
         if labels.numel() == 0:
             return
-        for block, acc in zip(self.blocks, self._val):
+        for block, acc in zip(self.blocks, self._val, strict=True):
             weights = block.weights()[keep].double()
             acc["sum"] += weights.sum(0)
             acc["squares"] += (weights * weights).sum(0)
@@ -196,7 +196,7 @@ class RoutingMonitor:
 
     def _val_record(self, epoch: int, reduce: Any) -> dict[str, Any]:
         blocks, per_class = [], []
-        for block, acc in zip(self.blocks, self._val):
+        for block, acc in zip(self.blocks, self._val, strict=True):
             if reduce is not None:
                 acc = {key: reduce(value) for key, value in acc.items()}
             count = acc["class_count"].sum().clamp_min(1)
@@ -214,7 +214,7 @@ class RoutingMonitor:
         return {"phase": "val", "epoch": epoch, "blocks": blocks, "per_class": per_class}
 
     def _block_dicts(self, rows: list[list[float]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
-        return [{"block": block.name, **dict(zip(keys, row))} for block, row in zip(self.blocks, rows)]
+        return [{"block": block.name, **dict(zip(keys, row, strict=True))} for block, row in zip(self.blocks, rows, strict=True)]
 
 
 def routed_experts(model: nn.Module) -> list[tuple[Routing, list[Tensor]]]:

@@ -53,7 +53,7 @@ def _cached(cfg: Config, split: Split, name: str, *, progress: bool,
 def build_caches(cfg: Config, progress: bool = False) -> dict[str, tuple[Path, CachedSplit]]:
     """Both splits decoded into the tensor pipeline's cache now, as a run of `cfg` would on
     its start (reused when current): {"train": (folder, cache), "val": (folder, cache)}."""
-    splits = zip(("train", "val"), load_splits(cfg.data, cfg.run.seed))
+    splits = zip(("train", "val"), load_splits(cfg.data, cfg.run.seed), strict=True)
     return {name: _cached(cfg, split, name, progress=progress) for name, split in splits}
 
 

@@ -56,7 +56,7 @@ def device_name(device: torch.device) -> str:
     return f"CPU: {cpu}"
 
 
-def place_model(model: torch.nn.Module, rt: "Runtime") -> torch.nn.Module:
+def place_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     """Move `model` to the device; with channels_last, every 4-D weight goes NHWC too."""
     model.to(rt.device)
     return channels_last_weights(model) if rt.channels_last else model

@@ -14,7 +14,7 @@ exactly when in == out and stride 1.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

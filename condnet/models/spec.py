@@ -7,8 +7,9 @@ the offending field (``stages[2].kernel_size``) and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from condnet.errors import CondnetError
 from condnet.models.blocks import BLOCKS, block_uses, blocks_using
@@ -123,7 +124,7 @@ class NetSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "NetSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> NetSpec:
         """Rebuild a spec written by `to_dict` (checkpoints, weight files)."""
         try:
             return cls(
@@ -226,7 +227,7 @@ def _apply(spec: NetSpec, overrides: Mapping[str, Any]) -> NetSpec:
     stages = [dataclasses.asdict(s) for s in spec.stages]
     for key, attr in STAGE_KEYS.items():
         if key in overrides:
-            for stage, v in zip(stages, _per_stage(key, overrides[key], len(stages))):
+            for stage, v in zip(stages, _per_stage(key, overrides[key], len(stages)), strict=True):
                 stage[attr] = v
     data = spec.to_dict() | {"stages": stages}
     for key, path in GLOBAL_KEYS.items():

@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -43,8 +44,9 @@ def plot_by_class(records: list[dict[str, Any]], path: Path, class_names: Sequen
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 1.9 * rows + 1.2), dpi=110, squeeze=False,
                              layout="constrained")  # fmt: skip
     top = max(max(max(c) for c in block) for block in record["per_class"])
-    for i, (ax, block, per_class) in enumerate(zip(axes.flat, blocks, record["per_class"])):
-        image = ax.imshow([list(col) for col in zip(*per_class)], aspect="auto", cmap="viridis", vmin=0, vmax=top)
+    # The grid may hold more axes than there are blocks: the spare ones are switched off below.
+    for i, (ax, block, per_class) in enumerate(zip(axes.flat, blocks, record["per_class"], strict=False)):
+        image = ax.imshow([list(col) for col in zip(*per_class, strict=True)], aspect="auto", cmap="viridis", vmin=0, vmax=top)
         ax.set_title(block["block"], fontsize=8)
         ax.set_yticks(range(len(per_class[0])))
         ax.tick_params(labelsize=6)
@@ -87,7 +89,7 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(4 * len(TRAINING_PANELS), 3.6), dpi=110)
     names = [b["block"] for b in samples[0]["blocks"]]
     colors = plt.cm.viridis([i / max(len(names) - 1, 1) for i in range(len(names))])
-    for ax, (key, title, log) in zip(axes, TRAINING_PANELS):
+    for ax, (key, title, log) in zip(axes, TRAINING_PANELS, strict=True):
         for i, name in enumerate(names):
             ax.plot(x, [_train_value(r["blocks"][i], key) for r in samples], color=colors[i], lw=1,
                     label=name if ax is axes[0] else None)  # fmt: skip
