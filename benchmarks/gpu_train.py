@@ -58,7 +58,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10, help="timed training per model")
     p.add_argument("--warmup", type=int, help="untimed training steps per model (15; CPU: 1)")
     p.add_argument("--chunk", type=int, help="steps between host syncs (50; CPU: 1)")
-    p.add_argument("--models", default=",".join(list_models(paper_order=True)), help="comma-separated presets")
+    p.add_argument(
+        "--models", default=",".join(list_models(paper_order=True)), help="comma-separated presets"
+    )
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,

@@ -50,7 +50,8 @@ class Row:
     in_paper_total: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        """The paper's columns (`macs`, `coefficients`: convolutions, or classifier) plus the rest."""
+        """The paper's columns (`macs`, `coefficients`: of the convolutions, or of the
+        classifier) plus the rest."""
         main = "classifier" if not self.in_paper_total else "conv"
         return {
             "name": self.name,
@@ -86,7 +87,10 @@ class Profile:
 
     def paper_total(self) -> dict[str, int]:
         kept = [r.to_dict() for r in self.rows if r.in_paper_total]
-        return {"macs": sum(r["macs"] for r in kept), "coefficients": sum(r["coefficients"] for r in kept)}
+        return {
+            "macs": sum(r["macs"] for r in kept),
+            "coefficients": sum(r["coefficients"] for r in kept),
+        }
 
     def full_total(self) -> dict[str, int]:
         return {"macs": sum(sum(r.macs.values()) for r in self.rows), "params": self.total_params}
@@ -121,7 +125,11 @@ class Profile:
 
 def _paper_differences(prof: Profile) -> list[str]:
     rows = [r.to_dict() for r in prof.rows]
-    shifted = [r["name"] for r, p in zip(rows, TABLE4_PRINTED_ROWS, strict=True) if r["coefficients"] != p[1]]
+    shifted = [
+        r["name"]
+        for r, p in zip(rows, TABLE4_PRINTED_ROWS, strict=True)
+        if r["coefficients"] != p[1]
+    ]
     notes = []
     if shifted:
         notes.append(

@@ -95,7 +95,8 @@ class RunConfig:
     compile: bool = _spec(False)
     compile_mode: str = _spec("default", choices=COMPILE_MODES)  # reduce-overhead: CUDA graphs
     threads: int = _spec(0, min=0)  # CPU threads for torch (0: torch's default)
-    routing_stats_every: int = _spec(10, min=0)  # CondConv diagnostics: steps between samples (0: off)
+    # CondConv diagnostics: steps between samples (0: off).
+    routing_stats_every: int = _spec(10, min=0)
 
 
 @dataclass
@@ -148,10 +149,19 @@ def _is_number(v: Any) -> bool:
 
 
 def _describe(kind: type, rules: Mapping[str, Any]) -> str:
-    name = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            dict: "a mapping", list: f"a list of {rules.get('length', 'some')} numbers"}[kind]  # fmt: skip
-    bounds = [f">= {rules['min']}" if "min" in rules else "", f"> {rules['gt']}" if "gt" in rules else "",
-              f"<= {rules['max']}" if "max" in rules else ""]  # fmt: skip
+    name = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        dict: "a mapping",
+        list: f"a list of {rules.get('length', 'some')} numbers",
+    }[kind]
+    bounds = [
+        f">= {rules['min']}" if "min" in rules else "",
+        f"> {rules['gt']}" if "gt" in rules else "",
+        f"<= {rules['max']}" if "max" in rules else "",
+    ]
     bounds = [b for b in bounds if b]
     return name + (f" ({' and '.join(bounds)})" if bounds else "")
 
@@ -190,9 +200,13 @@ def _check_consistency(cfg: Config) -> None:
         )
     low, high = cfg.data.scale
     if low > high:
-        raise CondnetError(f"data.scale: expected [low, high] with low <= high, got {cfg.data.scale}")
+        raise CondnetError(
+            f"data.scale: expected [low, high] with low <= high, got {cfg.data.scale}"
+        )
     if cfg.data.ratio[0] > cfg.data.ratio[1]:
-        raise CondnetError(f"data.ratio: expected [low, high] with low <= high, got {cfg.data.ratio}")
+        raise CondnetError(
+            f"data.ratio: expected [low, high] with low <= high, got {cfg.data.ratio}"
+        )
     if cfg.train.warmup_epochs >= cfg.train.epochs and cfg.train.epochs > 1:
         raise CondnetError(
             f"train.warmup_epochs: must be below train.epochs ({cfg.train.epochs}), "
@@ -222,7 +236,9 @@ def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None
     data = yaml.safe_load(yaml.safe_dump(dict(data)))  # deep copy of plain data
     for key, value in (overrides or {}).items():
         if key.startswith(MODEL_OVERRIDES):
-            data.setdefault("model", {}).setdefault("overrides", {})[key.removeprefix(MODEL_OVERRIDES)] = value
+            data.setdefault("model", {}).setdefault("overrides", {})[
+                key.removeprefix(MODEL_OVERRIDES)
+            ] = value
         else:
             _set_dotted(data, key, value)
     return data

@@ -33,8 +33,15 @@ def run_state(folder: Path, epochs: int) -> str:
     return "finished" if done >= epochs else "partial"
 
 
-def reproduce(config: str | Path | None, out: str | Path, overrides: dict[str, Any] | None = None, *,
-              models: list[str] | None = None, progress: bool | None = None, jobs: int = 1) -> tuple[Path, list[dict]]:  # fmt: skip
+def reproduce(
+    config: str | Path | None,
+    out: str | Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    models: list[str] | None = None,
+    progress: bool | None = None,
+    jobs: int = 1,
+) -> tuple[Path, list[dict]]:
     """Train every model not yet finished in `out/<model>` (resuming a partial one), then report.
 
     `models`: by default the paper's networks."""
@@ -43,7 +50,10 @@ def reproduce(config: str | Path | None, out: str | Path, overrides: dict[str, A
     for name in models:
         cfg = block_config(data, overrides or {}, name)
         state = run_state(out / name, cfg.train.epochs)
-        print(f"== {name}: {'already finished, skipped' if state == 'finished' else state + ' run'}", flush=True)
+        print(
+            f"== {name}: {'already finished, skipped' if state == 'finished' else state + ' run'}",
+            flush=True,
+        )
         if state != "finished":
             todo.append((cfg, out / name, state == "partial"))
     if jobs > 1 and len(todo) > 1:
@@ -69,7 +79,11 @@ def _train_side_by_side(todo: list[tuple[Config, Path, bool]], out: Path, jobs: 
     threads = max(1, len(os.sched_getaffinity(0)) // min(jobs, len(todo)))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         codes = list(pool.map(lambda run: _train_process(*run, out, threads), todo))
-    failed = [f"{cfg.model.name} (exit status {code})" for (cfg, _, _), code in zip(todo, codes, strict=True) if code]
+    failed = [
+        f"{cfg.model.name} (exit status {code})"
+        for (cfg, _, _), code in zip(todo, codes, strict=True)
+        if code
+    ]
     if failed:
         raise CondnetError(f"training failed: {', '.join(failed)}; run reproduce again to resume")
 
@@ -85,7 +99,9 @@ def _train_process(cfg: Config, folder: Path, resume: bool, out: Path, threads: 
         cfg.save(config)
         command += ["--config", str(config), "--out", str(folder)]
     try:
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc:
             for line in proc.stdout:
                 print(f"[{cfg.model.name}] {line}", end="", flush=True)
         return proc.returncode

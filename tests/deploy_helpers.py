@@ -68,8 +68,11 @@ def write_checkpoint(
     without `eval_transform`, one that has none."""
     transform = TransformSpec.from_dict(eval_transform) if eval_transform is not None else None
     state = checkpoint_state(
-        model, CLASS_NAMES[: model.num_classes], eval_transform=transform,
-        optimizer={"state": {}, "param_groups": []}, epoch=3,
-    )  # fmt: skip
+        model,
+        CLASS_NAMES[: model.num_classes],
+        eval_transform=transform,
+        optimizer={"state": {}, "param_groups": []},
+        epoch=3,
+    )
     save_checkpoint(state, path)
     return path

@@ -97,8 +97,13 @@ def test_data_cache_command_builds_what_a_run_then_reuses(tmp_path, capsys):
     from condnet.cli import main
     from condnet.commands.common import parse_assignments
 
-    sets = ["data.source=synthetic", "data.synthetic_images=24", "data.synthetic_size=64",
-            f"data.cache={tmp_path}", "data.pipeline=tensor"]  # fmt: skip
+    sets = [
+        "data.source=synthetic",
+        "data.synthetic_images=24",
+        "data.synthetic_size=64",
+        f"data.cache={tmp_path}",
+        "data.pipeline=tensor",
+    ]
     assert main(["data", "cache", "--set", *sets]) == 0
     lines = capsys.readouterr().out.splitlines()
     cfg = load_config(None, parse_assignments(sets))

@@ -46,5 +46,8 @@ def test_an_unknown_format_version_is_a_one_line_error(tmp_path, version):
 def test_weights_that_do_not_fit_the_spec_are_one_line_errors():
     model = small_model("standard")
     weights = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier")}
-    with pytest.raises(CondnetError, match="^file.pt: weights do not fit: Error.s. in loading state_dict for CondNet:$"):
+    with pytest.raises(
+        CondnetError,
+        match="^file.pt: weights do not fit: Error.s. in loading state_dict for CondNet:$",
+    ):
         rebuild_model(model.spec, weights, "file.pt: weights do not fit")

@@ -9,8 +9,11 @@ from tests.helpers import tensor_config
 def eager_compile(monkeypatch) -> None:
     """torch.compile with Dynamo alone (the eager backend): Inductor takes minutes on this CPU."""
     compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, dynamic=None, mode=None: compile_(
-        model, backend="eager", dynamic=dynamic))  # fmt: skip
+    monkeypatch.setattr(
+        torch,
+        "compile",
+        lambda model, dynamic=None, mode=None: compile_(model, backend="eager", dynamic=dynamic),
+    )
 
 
 def test_compiled_training_never_recompiles_after_the_first_epoch(tmp_path, monkeypatch):
@@ -20,8 +23,15 @@ def test_compiled_training_never_recompiles_after_the_first_epoch(tmp_path, monk
     eager_compile(monkeypatch)
     torch._dynamo.reset()
     counters.clear()
-    cfg = tensor_config(tmp_path, **{"data.synthetic_images": 200, "train.epochs": 2,
-                                     "train.eval_batch_size": 32, "run.compile": True})  # fmt: skip
+    cfg = tensor_config(
+        tmp_path,
+        **{
+            "data.synthetic_images": 200,
+            "train.epochs": 2,
+            "train.eval_batch_size": 32,
+            "run.compile": True,
+        },
+    )
     train(cfg, tmp_path / "run", progress=False, stop_after=1)
     assert counters["stats"]["unique_graphs"] == 2  # 6 full batches of 32; 50 val images as 2 x 32
     train(resume_config(tmp_path / "run"), tmp_path / "run", resume=True, progress=False)

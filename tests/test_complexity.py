@@ -43,7 +43,9 @@ def test_cli_json_reproduces_spec_section_3(capsys):
 def test_same_convolution_rows_for_every_block(name):
     prof = profile(condnet.build_model(name)).to_dict()
     experts = 4 if name == "paper-condconv" else 1
-    assert [(r["name"], r["repeat"], r["macs"]) for r in prof["rows"]] == [r[:3] for r in TABLE4_ROWS]
+    assert [(r["name"], r["repeat"], r["macs"]) for r in prof["rows"]] == [
+        r[:3] for r in TABLE4_ROWS
+    ]
     for row, spec_row in zip(prof["rows"][1:11], TABLE4_ROWS[1:11], strict=False):
         assert row["coefficients"] == experts * spec_row[3]
 
@@ -55,15 +57,29 @@ def test_complete_account_adds_up(name):
     assert prof["full_total"]["params"] == sum(p.numel() for p in model.parameters())
     assert sum(k["params"] for k in prof["by_kind"].values()) == prof["full_total"]["params"]
     assert sum(r["all_params"] for r in prof["rows"]) == prof["full_total"]["params"]
-    bn = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters())
+    bn = sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for p in m.parameters()
+    )
     assert prof["by_kind"]["bn"]["params"] == bn
 
 
 def test_condconv_routing_and_mixing_by_hand():
     prof = profile(condnet.build_model("paper-condconv")).to_dict()["by_kind"]
-    blocks = [(16, 16)] + [(16, 24), (24, 24), (24, 40), (40, 40), (40, 40), (40, 80)] + [(80, 80)] * 3 \
-        + [(80, 160)] + [(160, 160)] * 4 + [(160, 320)]  # fmt: skip
-    assert prof["routing"] == {"macs": sum(4 * i for i, _ in blocks), "params": sum(4 * i + 4 for i, _ in blocks)}
+    blocks = (
+        [(16, 16)]
+        + [(16, 24), (24, 24), (24, 40), (40, 40), (40, 40), (40, 80)]
+        + [(80, 80)] * 3
+        + [(80, 160)]
+        + [(160, 160)] * 4
+        + [(160, 320)]
+    )
+    assert prof["routing"] == {
+        "macs": sum(4 * i for i, _ in blocks),
+        "params": sum(4 * i + 4 for i, _ in blocks),
+    }
     weights = sum(i * 4 * i + 4 * i * 9 + 4 * i * o for i, o in blocks)
     assert prof["mixing"]["macs"] == 4 * weights  # M multiply-adds per mixed weight
     assert prof["conv"]["params"] == 4 * weights + 432 + 409600
@@ -84,7 +100,9 @@ def test_flop_counter_mode_agrees(name, resolution):
 
 def test_overrides_change_the_table_as_the_formulas_say():
     base = profile(condnet.build_model("paper-standard")).to_dict()["rows"]
-    wide = profile(condnet.build_model("paper-standard", kernel_size=5), resolution=64).to_dict()["rows"]
+    wide = profile(condnet.build_model("paper-standard", kernel_size=5), resolution=64).to_dict()[
+        "rows"
+    ]
     # Block 16->16 at 64x64: expand 16*64 + depthwise 64*25 + project 64*16, all at 64*64.
     assert wide[1]["macs"] == 64 * 64 * (16 * 64 + 64 * 25 + 64 * 16)
     assert wide[1]["coefficients"] == 16 * 64 + 64 * 25 + 64 * 16
@@ -94,7 +112,9 @@ def test_overrides_change_the_table_as_the_formulas_say():
 def test_cli_text_table_has_notes(capsys):
     assert main(["profile", "--model", "paper-standard"]) == 0
     out = capsys.readouterr().out
-    assert "193,770,304" in out and "1,874,512" in out and "Filter Cx" in out and "classifier" in out
+    assert (
+        "193,770,304" in out and "1,874,512" in out and "Filter Cx" in out and "classifier" in out
+    )
 
 
 def test_cli_profile_errors_are_one_line(capsys):

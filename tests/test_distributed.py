@@ -2,7 +2,6 @@
 
 import os
 import subprocess
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,7 @@ from condnet.engine.loaders import train_loader
 from condnet.engine.runtime import Runtime, seed_epoch
 from condnet.engine.schedule import lr_at
 from condnet.engine.trainer import build_network, make_optimizer, set_lr
-from tests.helpers import tensor_config
+from tests.helpers import tensor_config, torchrun_train
 
 
 def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
@@ -33,20 +32,7 @@ def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
         },
     )
     cfg.save(tmp_path / "cfg.yaml")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29573",
-        "-m",
-        "condnet.cli",
-        "train",
-        "--config",
-        str(tmp_path / "cfg.yaml"),
-        "--out",
-        str(tmp_path / "run"),
-    ]
+    cmd = torchrun_train(tmp_path / "cfg.yaml", tmp_path / "run", port=29573)
     proc = subprocess.run(
         cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240
     )

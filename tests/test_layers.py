@@ -43,8 +43,12 @@ def imports(path: Path, known: set[str]) -> set[str]:
 
 
 def layer(module: str) -> int:
-    matches = [(len(prefix), i) for i, group in enumerate(LAYERS) for prefix in group
-               if module == prefix or module.startswith(prefix + ".")]  # fmt: skip
+    matches = [
+        (len(prefix), i)
+        for i, group in enumerate(LAYERS)
+        for prefix in group
+        if module == prefix or module.startswith(prefix + ".")
+    ]
     assert matches, f"{module} is in no layer: add it to LAYERS"
     return max(matches)[1]
 
@@ -52,8 +56,12 @@ def layer(module: str) -> int:
 def upward_imports(package: Path) -> list[str]:
     """'a imports b' for each import of a module from a layer above the importer's."""
     found = modules(package)
-    return [f"{name} imports {target}" for name, path in found.items()
-            for target in sorted(imports(path, set(found))) if layer(target) > layer(name)]  # fmt: skip
+    return [
+        f"{name} imports {target}"
+        for name, path in found.items()
+        for target in sorted(imports(path, set(found)))
+        if layer(target) > layer(name)
+    ]
 
 
 def cycles(package: Path) -> list[list[str]]:
@@ -66,7 +74,7 @@ def cycles(package: Path) -> list[list[str]]:
         state[name] = "open"
         for target in sorted(graph[name]):
             if state.get(target) == "open":
-                loops.append(path[path.index(target):] + [target])
+                loops.append(path[path.index(target) :] + [target])
             elif target not in state:
                 visit(target, [*path, target])
         state[name] = "done"
@@ -93,16 +101,21 @@ def write(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_the_checks_find_an_upward_import_a_root_import_and_a_cycle(tmp_path):
-    package = write(tmp_path, {
-        "condnet/__init__.py": "",
-        "condnet/models/__init__.py": "",
-        "condnet/models/net.py": "def build():\n    from condnet.engine import trainer\n",
-        "condnet/engine/__init__.py": "",
-        "condnet/engine/trainer.py": "import condnet\nfrom condnet.engine.loop import step\n",
-        "condnet/engine/loop.py": "from condnet.engine import trainer\n",
-    })  # fmt: skip
+    package = write(
+        tmp_path,
+        {
+            "condnet/__init__.py": "",
+            "condnet/models/__init__.py": "",
+            "condnet/models/net.py": "def build():\n    from condnet.engine import trainer\n",
+            "condnet/engine/__init__.py": "",
+            "condnet/engine/trainer.py": "import condnet\nfrom condnet.engine.loop import step\n",
+            "condnet/engine/loop.py": "from condnet.engine import trainer\n",
+        },
+    )
     assert upward_imports(package) == [
         "condnet.engine.trainer imports condnet",
         "condnet.models.net imports condnet.engine.trainer",
     ]
-    assert cycles(package) == [["condnet.engine.loop", "condnet.engine.trainer", "condnet.engine.loop"]]
+    assert cycles(package) == [
+        ["condnet.engine.loop", "condnet.engine.trainer", "condnet.engine.loop"]
+    ]

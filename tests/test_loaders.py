@@ -1,4 +1,5 @@
-"""Each pipeline's loaders in the one training loop (`condnet.engine.loaders`), data.pipeline=tensor."""
+"""Each pipeline's loaders in the one training loop (`condnet.engine.loaders`), here
+data.pipeline=tensor."""
 
 import pytest
 import torch
@@ -10,7 +11,14 @@ from condnet.engine.loaders import train_loader
 from condnet.engine.runtime import Runtime, seed_epoch
 from condnet.engine.trainer import resume_config, train
 from condnet.errors import CondnetError
-from tests.helpers import array_split, device_split, tensor_config, tiny_config, write_imagefolder
+from tests.helpers import (
+    FASHION_SUBSET,
+    array_split,
+    device_split,
+    tensor_config,
+    tiny_config,
+    write_imagefolder,
+)
 
 
 def test_training_batches_have_one_shape_and_channels_last(tmp_path):
@@ -36,19 +44,7 @@ def test_pipeline_is_validated():
 
 
 def test_tensor_pipeline_learns_a_small_real_subset(tmp_path):
-    cfg = tensor_config(
-        tmp_path,
-        **{
-            "data.source": "fashion-mnist",
-            "data.train_subset": 1024,
-            "data.val_subset": 500,
-            "data.resize": 28,
-            "data.crop": 24,
-            "data.scale": [0.6, 1.0],
-            "train.epochs": 3,
-            "train.lr_peak": 0.2,
-        },
-    )
+    cfg = tensor_config(tmp_path, **FASHION_SUBSET)
     metrics = train(cfg, tmp_path / "run", progress=False)
     assert metrics[-1]["val_top1"] > 50  # chance is 10 %
     assert metrics[-1]["skipped_images"] == 0

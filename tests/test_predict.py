@@ -82,8 +82,14 @@ def files(tmp_path_factory):
     bundle = Bundle(model, CLASS_NAMES, TransformSpec.from_dict(EVAL_TRANSFORM))
     save_weights(bundle, root / "model.safetensors")
     export_onnx(bundle, root / "model.onnx")
-    return {"images": root / "images", "pt": ckpt, "model": model, "root": root,
-            "safetensors": root / "model.safetensors", "onnx": root / "model.onnx"}  # fmt: skip
+    return {
+        "images": root / "images",
+        "pt": ckpt,
+        "model": model,
+        "root": root,
+        "safetensors": root / "model.safetensors",
+        "onnx": root / "model.onnx",
+    }
 
 
 def _run_json(capsys, *args):

@@ -51,7 +51,9 @@ def test_normalised_values_match_the_torchvision_path(tmp_path):
             )
         )
     )
-    transform = train_transform(56, scale=PAPER.scale, ratio=PAPER.ratio, hflip=PAPER.hflip, mean=PAPER.mean, std=PAPER.std)
+    transform = train_transform(
+        56, scale=PAPER.scale, ratio=PAPER.ratio, hflip=PAPER.hflip, mean=PAPER.mean, std=PAPER.std
+    )
     torch.manual_seed(0)
     vision = torch.stack([transform(torch.from_numpy(im).permute(2, 0, 1)) for im in split.images])
     assert tensor_images.shape == vision.shape == (200, 3, 56, 56)

@@ -14,8 +14,14 @@ from condnet.errors import CondnetError
 
 def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
     """`--set KEY=VALUE ...`: dotted config keys (values read as YAML), in every command."""
-    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help=f"dotted config override, e.g. {example}")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"dotted config override, e.g. {example}",
+    )
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
@@ -39,7 +45,9 @@ def parse_model_overrides(items: Sequence[str]) -> dict[str, Any]:
     for key, value in parse_assignments(items).items():
         if not key.startswith(MODEL_OVERRIDES):
             hint = f" (write {MODEL_OVERRIDES}{key}=...)" if "." not in key else ""
-            raise CondnetError(f"--set {key}: this command takes {MODEL_OVERRIDES}KEY=VALUE only{hint}")
+            raise CondnetError(
+                f"--set {key}: this command takes {MODEL_OVERRIDES}KEY=VALUE only{hint}"
+            )
         overrides[key.removeprefix(MODEL_OVERRIDES)] = value
     return overrides
 

@@ -26,8 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    counts = prepare_imagenet(args.src, args.dst, args.classes, workers=args.workers, size=args.size)
-    print(f"written {counts['written']}, already there {counts['skipped']}, failed {counts['failed']}")
+    counts = prepare_imagenet(
+        args.src, args.dst, args.classes, workers=args.workers, size=args.size
+    )
+    print(
+        f"written {counts['written']}, already there {counts['skipped']}, failed {counts['failed']}"
+    )
     return 1 if counts["failed"] else 0
 
 
@@ -36,6 +40,8 @@ def run_cache(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, parse_assignments(args.set))
     for name, (folder, cached) in build_caches(cfg, progress=sys.stderr.isatty()).items():
-        print(f"{name}: {len(cached)} images {cached.images.shape[1]}x{cached.images.shape[2]}, "
-              f"{len(cached.skipped)} unreadable left out, in {folder}")  # fmt: skip
+        print(
+            f"{name}: {len(cached)} images {cached.images.shape[1]}x{cached.images.shape[2]}, "
+            f"{len(cached.skipped)} unreadable left out, in {folder}"
+        )
     return 0

@@ -24,7 +24,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['checkpoint']} (epoch {result['epoch'] + 1}): loss {result['loss']:.4f}  "
-              f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
-              f"({result['count']} images, {result['precision']} on {result['device']})")
+        print(
+            f"{result['checkpoint']} (epoch {result['epoch'] + 1}): loss {result['loss']:.4f}  "
+            f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
+            f"({result['count']} images, {result['precision']} on {result['device']})"
+        )
     return 0

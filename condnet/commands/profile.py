@@ -12,7 +12,9 @@ from condnet.models import build_model
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="MACs and coefficients per layer (paper Table 4)")
     p.add_argument("--model", default="paper-standard", help="preset name (see `condnet models`)")
-    add_set_option(p, "model.overrides.kernel_size=5 or model.overrides.widths=[16,24,40,80,160,320]")
+    add_set_option(
+        p, "model.overrides.kernel_size=5 or model.overrides.widths=[16,24,40,80,160,320]"
+    )
     p.add_argument("--resolution", type=int, default=56, help="input height and width (56)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)

@@ -13,9 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="YAML config shared by the three runs")
     p.add_argument("--out", required=True, help="output folder: OUT/<model>/ and OUT/report.md")
     add_set_option(p, "train.epochs=3 (for all three runs)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="train N blocks side by side, each in its own process with its share of "
-                        "the CPU threads (default 1: one after another)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N blocks side by side, each in its own process with its share of "
+        "the CPU threads (default 1: one after another)",
+    )
     p.set_defaults(run=run_reproduce)
     p = sub.add_parser("report", help="(re)build OUT/report.md from finished runs")
     p.add_argument("out", help="the folder given to reproduce --out")

@@ -15,8 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_set_option(p, "train.epochs=3 model.name=paper-se")
     p.add_argument("--out", help="output folder (metrics, checkpoints, resolved config)")
     p.add_argument("--resume", metavar="OUT", help="continue the run in OUT where it stopped")
-    p.add_argument("--stop-after", type=int, metavar="N",
-                   help="stop after N epochs in all (resume later with --resume)")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="stop after N epochs in all (resume later with --resume)",
+    )
     p.set_defaults(run=run)
 
 

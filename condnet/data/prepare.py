@@ -38,7 +38,9 @@ def plan(src: Path, dst: Path, classes: list[str]) -> tuple[list[tuple[Path, Pat
         for name in classes:
             folder = src / split / name
             if not folder.is_dir():
-                raise CondnetError(f"{folder}: class {name!r} not found; expected SRC/{split}/<class>/")
+                raise CondnetError(
+                    f"{folder}: class {name!r} not found; expected SRC/{split}/<class>/"
+                )
             for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
                 target = dst / split / name / (path.stem + ".png")
                 if target.exists():
@@ -66,7 +68,9 @@ def convert_one(job: tuple[Path, Path], size: int = 64) -> str | None:
     return None
 
 
-def prepare_imagenet(src: Path, dst: Path, classes_file: Path, *, workers: int = 0, size: int = 64) -> dict:
+def prepare_imagenet(
+    src: Path, dst: Path, classes_file: Path, *, workers: int = 0, size: int = 64
+) -> dict:
     """Convert what is missing; returns counts of written, skipped (already there) and failed."""
     if size < 1:
         raise CondnetError(f"--size: expected a positive number of pixels, got {size}")
@@ -77,7 +81,9 @@ def prepare_imagenet(src: Path, dst: Path, classes_file: Path, *, workers: int =
     workers = workers or os.cpu_count() or 1
     with ProcessPoolExecutor(workers) as pool:
         results = pool.map(convert_one, jobs, [size] * len(jobs), chunksize=64)
-        for error in tqdm(results, total=len(jobs), desc="prepare", disable=not sys.stderr.isatty()):
+        for error in tqdm(
+            results, total=len(jobs), desc="prepare", disable=not sys.stderr.isatty()
+        ):
             if error:
                 print(f"warning: skipped {error}", file=sys.stderr)
                 failed.append(error)

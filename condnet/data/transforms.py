@@ -26,7 +26,8 @@ def train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:
-    """RandomResizedCrop(crop, scale, ratio), horizontal flip with probability `hflip`, normalise."""
+    """RandomResizedCrop(crop, scale, ratio), a horizontal flip with probability `hflip`,
+    normalisation."""
     return v2.Compose(
         [
             v2.ToImage(),

@@ -57,10 +57,15 @@ def export_onnx(bundle: Bundle, path: str | os.PathLike, opset: int = OPSET) -> 
         # The TorchScript exporter announces its deprecation on every call.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (example,), buffer, dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )  # fmt: skip
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in bundle.metadata().items():
         proto.metadata_props.add(key=key, value=value)

@@ -32,8 +32,13 @@ class PointwiseConv2d(nn.Conv2d):
 
 
 def _pointwise(conv: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.groups == 1 and conv.padding == (0, 0))  # fmt: skip
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.groups == 1
+        and conv.padding == (0, 0)
+    )
 
 
 def pointwise_as_matmul(model: nn.Module) -> nn.Module:

@@ -100,14 +100,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"(it names {found.group(1)})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CondnetError(f"{path}: not a readable checkpoint (truncated or another format): {first_line(err)}") from None
+        raise CondnetError(
+            f"{path}: not a readable checkpoint (truncated or another format): {first_line(err)}"
+        ) from None
     if isinstance(state, dict) and state.get(FORMAT_KEY, 1) not in READABLE_FORMATS:
         raise CondnetError(
             f"{path}: unknown checkpoint {FORMAT_KEY} {state[FORMAT_KEY]!r} "
             f"(condnet {__version__} reads {' and '.join(map(str, READABLE_FORMATS))})"
         )
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
-        raise CondnetError(f"{path}: not a condnet checkpoint (expected keys {', '.join(REQUIRED_KEYS)})")
+        raise CondnetError(
+            f"{path}: not a condnet checkpoint (expected keys {', '.join(REQUIRED_KEYS)})"
+        )
     return state
 
 
@@ -127,7 +131,9 @@ def rebuild_model(
 
 def model_from_checkpoint(state: Mapping[str, Any]) -> CondNet:
     """Rebuild the network recorded in a checkpoint and load its weights (eval mode)."""
-    return rebuild_model(state["model_spec"], state["model"], "checkpoint weights do not fit its model spec")
+    return rebuild_model(
+        state["model_spec"], state["model"], "checkpoint weights do not fit its model spec"
+    )
 
 
 def checkpoint_transform(state: Mapping[str, Any]) -> TransformSpec:

@@ -24,7 +24,9 @@ from condnet.errors import CondnetError
 
 def progress_bar(iterable, total: int, desc: str, enabled: bool) -> Any:
     """`iterable` with a progress bar on stderr when `enabled`."""
-    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+    return tqdm(
+        iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True
+    )
 
 
 def count_bad_images(messages: list[str], on_bad_image: str) -> int:
@@ -36,9 +38,14 @@ def count_bad_images(messages: list[str], on_bad_image: str) -> int:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Loader, rt: Runtime, *, progress: bool = False,
-    monitor: RoutingMonitor | None = None, on_bad_image: str = "skip",
-) -> dict[str, float]:  # fmt: skip
+    model: nn.Module,
+    loader: Loader,
+    rt: Runtime,
+    *,
+    progress: bool = False,
+    monitor: RoutingMonitor | None = None,
+    on_bad_image: str = "skip",
+) -> dict[str, float]:
     """Loss, top-1 and top-5 (percent) over the loader's examples, summed over all ranks.
 
     Rows labelled -100 (padding of a fixed-shape last batch) count nowhere. `monitor` collects
@@ -64,10 +71,17 @@ def evaluate(
     loss, top1, top5, count = distributed.sum_across(sums, rt.dist).tolist()
     if count == 0:
         raise CondnetError("evaluation: the validation set has no readable images")
-    return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count, "count": int(count)}
+    return {
+        "loss": loss / count,
+        "top1": 100 * top1 / count,
+        "top5": 100 * top5 / count,
+        "count": int(count),
+    }
 
 
-def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    path: str | Path, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Validation loss, top-1 and top-5 of a checkpoint, with its own data config (+ overrides)."""
     state = load_checkpoint(path)
     if "config" not in state:
@@ -76,7 +90,10 @@ def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = Non
     rt = make_runtime(cfg.run)
     _, val_split = load_splits(cfg.data, cfg.run.seed)
     if len(val_split.class_names) != len(state["class_names"]):
-        raise CondnetError(f"the data has {len(val_split.class_names)} classes, the checkpoint {len(state['class_names'])}")
+        raise CondnetError(
+            f"the data has {len(val_split.class_names)} classes, "
+            f"the checkpoint {len(state['class_names'])}"
+        )
     val_set = split_data(cfg, rt, val_split, "val")
     model = place_model(model_from_checkpoint(state), rt)
     result = evaluate(model, eval_loader(cfg, val_set, rt), rt, on_bad_image=cfg.data.on_bad_image)

@@ -21,9 +21,18 @@ from condnet.errors import CondnetError
 
 # A key, or a prefix ending in "." or "_" for a family of keys.
 FIXED_ON_RESUME = (
-    "model.", "data.source", "data.classes", "data.train_subset", "data.val_subset",
-    "data.resize", "data.crop", "data.mean", "data.std", "data.synthetic_", "run.seed",
-)  # fmt: skip
+    "model.",
+    "data.source",
+    "data.classes",
+    "data.train_subset",
+    "data.val_subset",
+    "data.resize",
+    "data.crop",
+    "data.mean",
+    "data.std",
+    "data.synthetic_",
+    "run.seed",
+)
 
 
 def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -66,8 +75,10 @@ def check_resume_overrides(saved: dict[str, Any], overrides: Mapping[str, Any]) 
 def _refuse_fixed(changes: Mapping[str, tuple[Any, Any]]) -> None:
     for key, (before, after) in changes.items():
         if is_fixed(key):
-            raise CondnetError(f"{key}: cannot change on resume (the run has {before!r}, got "
-                               f"{after!r}); start a new run with --out instead")  # fmt: skip
+            raise CondnetError(
+                f"{key}: cannot change on resume (the run has {before!r}, got "
+                f"{after!r}); start a new run with --out instead"
+            )
 
 
 def apply_optimizer_settings(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
@@ -78,4 +89,6 @@ def apply_optimizer_settings(optimizer: torch.optim.Optimizer, cfg: TrainConfig)
         group["momentum"] = cfg.momentum
         group["nesterov"] = cfg.nesterov and cfg.momentum > 0
         group["weight_decay"] = cfg.weight_decay
-        group["lr_scale"] = cfg.routing_lr_scale * group.get("calibration", 1.0) if group.get("routing") else 1.0
+        group["lr_scale"] = (
+            cfg.routing_lr_scale * group.get("calibration", 1.0) if group.get("routing") else 1.0
+        )

@@ -38,9 +38,17 @@ from condnet.models import CondNet, Routing, build_model
 
 
 def train_one_epoch(
-    model: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, rt: Runtime,
-    cfg: Config, *, epoch: int, progress: bool, stop: StopSignals, monitor: RoutingMonitor | None = None,
-) -> tuple[float, int, int]:  # fmt: skip
+    model: nn.Module,
+    loader: Loader,
+    optimizer: torch.optim.Optimizer,
+    rt: Runtime,
+    cfg: Config,
+    *,
+    epoch: int,
+    progress: bool,
+    stop: StopSignals,
+    monitor: RoutingMonitor | None = None,
+) -> tuple[float, int, int]:
     """One pass over `loader`. Returns (mean loss, images seen, images skipped).
 
     `monitor` samples routing statistics after the backward pass of every few steps.
@@ -71,8 +79,16 @@ def train_one_epoch(
         if progress and step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")  # a sync, only when a person watches
     # Sum over ranks and copy to the host: the epoch's one sync point.
-    totals = distributed.sum_across(torch.stack([loss_sum, torch.tensor(float(seen), device=rt.device),
-                                                 torch.tensor(float(skipped), device=rt.device)]), rt.dist)  # fmt: skip
+    totals = distributed.sum_across(
+        torch.stack(
+            [
+                loss_sum,
+                torch.tensor(float(seen), device=rt.device),
+                torch.tensor(float(skipped), device=rt.device),
+            ]
+        ),
+        rt.dist,
+    )
     loss_total, seen_total, skipped_total = totals.tolist()
     return loss_total / max(seen_total, 1), int(seen_total), int(skipped_total)
 
@@ -83,7 +99,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, routing_factor: float = 
         group["lr"] = lr * group["lr_scale"] * (routing_factor if group.get("routing") else 1.0)
 
 
-def apply_schedule(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: float, cfg: TrainConfig) -> float:
+def apply_schedule(
+    model: nn.Module, optimizer: torch.optim.Optimizer, epoch: float, cfg: TrainConfig
+) -> float:
     """Set the learning rates and the routers' temperature for (fractional) `epoch`; returns
     the base learning rate."""
     lr = lr_at(epoch, cfg)
@@ -112,22 +130,30 @@ def make_optimizer(model: nn.Module, cfg: Config, fused: bool = False) -> torch.
     groups = [{"params": [p for p in model.parameters() if id(p) not in routing], "routing": False}]
     groups += [{"params": list(m.parameters()), "routing": True} for m in routers]
     groups = [g for g in groups if g["params"]]
-    optimizer = torch.optim.SGD(groups, lr=t.lr_start, momentum=t.momentum, fused=fused or None,
-                                nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay)
+    optimizer = torch.optim.SGD(
+        groups,
+        lr=t.lr_start,
+        momentum=t.momentum,
+        fused=fused or None,
+        nesterov=t.nesterov and t.momentum > 0,
+        weight_decay=t.weight_decay,
+    )
     apply_optimizer_settings(optimizer, t)
     return optimizer
 
 
-def _restore(state: dict[str, Any], out: Path, model: CondNet, optimizer,
-             cfg: Config) -> tuple[int, list, float]:  # fmt: skip
+def _restore(
+    state: dict[str, Any], out: Path, model: CondNet, optimizer, cfg: Config
+) -> tuple[int, list, float]:
     """Weights, optimizer state and generators from `state`; the optimizer then takes this
     run's settings, which may have changed on resume (`condnet.engine.resume`)."""
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
-        raise CondnetError(f"{out / 'last.pt'}: does not fit this run's network "
-                           f"({first_line(err, 160)})") from None  # fmt: skip
+        raise CondnetError(
+            f"{out / 'last.pt'}: does not fit this run's network ({first_line(err, 160)})"
+        ) from None
     apply_optimizer_settings(optimizer, cfg.train)
     set_rng_state(state["rng"])
     return state["epoch"] + 1, state["metrics"], state["best_top1"]
@@ -152,8 +178,10 @@ def _check_classes(state: dict[str, Any], names: list[str]) -> None:
     """The data a run resumes on (`data.root` may have moved) must have the run's classes."""
     theirs = list(state["class_names"])
     if list(names) != theirs:
-        raise CondnetError(f"data: its {len(names)} classes are not the checkpoint's {len(theirs)} "
-                           "(or not in the same order); resume with the data the run started with")
+        raise CondnetError(
+            f"data: its {len(names)} classes are not the checkpoint's {len(theirs)} "
+            "(or not in the same order); resume with the data the run started with"
+        )
 
 
 def resume_config(out: Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -164,16 +192,22 @@ def resume_config(out: Path, overrides: dict[str, Any] | None = None) -> Config:
 
 
 def _log_line(record: dict[str, Any], epochs: int) -> str:
-    return (f"epoch {record['epoch'] + 1}/{epochs}  lr {record['lr']:.5f}  "
-            f"train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
-            f"top1 {record['val_top1']:.2f}  top5 {record['val_top5']:.2f}  "
-            f"({record['epoch_seconds']:.1f} s, {record['images_per_second']:.0f} img/s)")  # fmt: skip
+    return (
+        f"epoch {record['epoch'] + 1}/{epochs}  lr {record['lr']:.5f}  "
+        f"train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
+        f"top1 {record['val_top1']:.2f}  top5 {record['val_top5']:.2f}  "
+        f"({record['epoch_seconds']:.1f} s, {record['images_per_second']:.0f} img/s)"
+    )
 
 
 def train(
-    cfg: Config, out: str | Path, *, resume: bool = False, progress: bool | None = None,
+    cfg: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
     stop_after: int | None = None,
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     """Train per `cfg`, writing metrics and checkpoints to `out`; returns the metrics records.
 
     `stop_after` ends the run after that many epochs in all (resumable, schedule unchanged).
@@ -186,7 +220,9 @@ def train(
     if cfg.train.batch_size % rt.dist.world:
         raise CondnetError(f"train.batch_size: must be divisible by the {rt.dist.world} processes")
     if not resume and (out / "last.pt").exists():
-        raise CondnetError(f"{out} already holds a run; resume it with --resume or choose another --out")
+        raise CondnetError(
+            f"{out} already holds a run; resume it with --resume or choose another --out"
+        )
     state, resumes = _resume_state(out, cfg, rt.dist.main) if resume else (None, [])
     train_split, val_split = load_splits(cfg.data, cfg.run.seed)
     if state is not None:
@@ -203,7 +239,9 @@ def train(
     _optimizer_to(optimizer, rt.device)
     monitor = _monitor(model, cfg, len(train_split.class_names))
     net = _wrap(model, cfg, rt)
-    save = _saver(out, model, optimizer, cfg, rt=rt, class_names=train_split.class_names, resumes=resumes)
+    save = _saver(
+        out, model, optimizer, cfg, rt=rt, class_names=train_split.class_names, resumes=resumes
+    )
     if rt.dist.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
@@ -213,16 +251,32 @@ def train(
         save(-1, metrics, best, best=False)  # resumable from the very start
     log = MetricsLog(out) if rt.dist.main else None
     val_loader = eval_loader(cfg, val_set, rt)
-    epoch_loader = _epoch_eval_loader(cfg, val_set, rt) if cfg.train.epoch_eval_subset else val_loader
+    epoch_loader = (
+        _epoch_eval_loader(cfg, val_set, rt) if cfg.train.epoch_eval_subset else val_loader
+    )
     end = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
     try:
         with StopSignals(rt.dist) as stop:
             for epoch in range(start, end):
                 loader = val_loader if epoch == cfg.train.epochs - 1 else epoch_loader
-                record = _run_epoch(net, optimizer, cfg, rt, epoch, train_set=train_set, val_loader=loader,
-                                    progress=progress, stop=stop, monitor=monitor)  # fmt: skip
+                record = _run_epoch(
+                    net,
+                    optimizer,
+                    cfg,
+                    rt,
+                    epoch,
+                    train_set=train_set,
+                    val_loader=loader,
+                    progress=progress,
+                    stop=stop,
+                    monitor=monitor,
+                )
                 metrics.append(record)
-                routing = monitor.epoch_records(epoch, lambda t: distributed.sum_across(t, rt.dist)) if monitor else []
+                routing = (
+                    monitor.epoch_records(epoch, lambda t: distributed.sum_across(t, rt.dist))
+                    if monitor
+                    else []
+                )
                 if log is not None:
                     log.append(record)
                     RoutingLog(out).append(routing)
@@ -233,9 +287,12 @@ def train(
     except Interrupted as err:
         done = load_checkpoint(out / "last.pt")["epoch"] + 1
         rank = f"rank {rt.dist.rank}: " if rt.dist.enabled else ""
-        print(f"{rank}{err}: stopped before step {err.step + 1} of epoch {err.epoch + 1}; "
-              f"{out / 'last.pt'} holds {done} finished epochs; "
-              f"continue with: condnet train --resume {out}", file=sys.stderr)  # fmt: skip
+        print(
+            f"{rank}{err}: stopped before step {err.step + 1} of epoch {err.epoch + 1}; "
+            f"{out / 'last.pt'} holds {done} finished epochs; "
+            f"continue with: condnet train --resume {out}",
+            file=sys.stderr,
+        )
         raise
     finally:
         if log is not None:
@@ -244,25 +301,35 @@ def train(
     return metrics
 
 
-def _saver(out: Path, model: CondNet, optimizer, cfg: Config, *, rt: Runtime, class_names,
-           resumes: list):  # fmt: skip
+def _saver(
+    out: Path, model: CondNet, optimizer, cfg: Config, *, rt: Runtime, class_names, resumes: list
+):
     """save(epoch, metrics, best_top1, best=...): last.pt (and best.pt), on rank 0 only."""
 
     def save(epoch: int, metrics: list, best_top1: float, best: bool) -> None:
         if not rt.dist.main:
             return
         state = checkpoint_state(
-            model, class_names, eval_transform=TransformSpec.from_config(cfg.data), config=cfg,
-            optimizer=optimizer.state_dict(), epoch=epoch, rng=rng_state(), metrics=metrics,
-            best_top1=best_top1, resumes=resumes,
-        )  # fmt: skip
+            model,
+            class_names,
+            eval_transform=TransformSpec.from_config(cfg.data),
+            config=cfg,
+            optimizer=optimizer.state_dict(),
+            epoch=epoch,
+            rng=rng_state(),
+            metrics=metrics,
+            best_top1=best_top1,
+            resumes=resumes,
+        )
         try:
             save_checkpoint(state, out / "last.pt")
             if best:
                 save_checkpoint(state, out / "best.pt")
         except OSError as err:
-            raise CondnetError(f"cannot write a checkpoint in {out} ({err.strerror or err}); "
-                               "the previous checkpoint is intact") from None  # fmt: skip
+            raise CondnetError(
+                f"cannot write a checkpoint in {out} ({err.strerror or err}); "
+                "the previous checkpoint is intact"
+            ) from None
 
     return save
 
@@ -280,30 +347,51 @@ def _monitor(model: CondNet, cfg: Config, num_classes: int) -> RoutingMonitor | 
     return RoutingMonitor(model, num_classes, cfg.run.routing_stats_every)
 
 
-def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, epoch: int, *, train_set, val_loader,
-               progress: bool, stop: StopSignals, monitor: RoutingMonitor | None) -> dict[str, Any]:  # fmt: skip
+def _run_epoch(
+    net,
+    optimizer,
+    cfg: Config,
+    rt: Runtime,
+    epoch: int,
+    *,
+    train_set,
+    val_loader,
+    progress: bool,
+    stop: StopSignals,
+    monitor: RoutingMonitor | None,
+) -> dict[str, Any]:
     lr = apply_schedule(net, optimizer, epoch, cfg.train)
     generator = seed_epoch(cfg.run.seed, epoch, rt.dist.rank)
     loader = train_loader(cfg, train_set, rt, epoch, generator)
     started = time.perf_counter()
-    loss, seen, skipped = train_one_epoch(net, loader, optimizer, rt, cfg, epoch=epoch, progress=progress,
-                                          stop=stop, monitor=monitor)  # fmt: skip
+    loss, seen, skipped = train_one_epoch(
+        net, loader, optimizer, rt, cfg, epoch=epoch, progress=progress, stop=stop, monitor=monitor
+    )
     train_seconds = time.perf_counter() - started
     if not math.isfinite(loss):
-        raise CondnetError(f"training loss became {loss} in epoch {epoch + 1}; stopped, "
-                           "the last good checkpoint is kept (try a lower train.lr_peak)")  # fmt: skip
+        raise CondnetError(
+            f"training loss became {loss} in epoch {epoch + 1}; stopped, "
+            "the last good checkpoint is kept (try a lower train.lr_peak)"
+        )
     if skipped:
         print(f"warning: epoch {epoch + 1}: skipped {skipped} unreadable images", file=sys.stderr)
-    val = evaluate(net, val_loader, rt, progress=progress, monitor=monitor,
-                   on_bad_image=cfg.data.on_bad_image)  # fmt: skip
+    val = evaluate(
+        net, val_loader, rt, progress=progress, monitor=monitor, on_bad_image=cfg.data.on_bad_image
+    )
     return {
-        "epoch": epoch, "lr": lr, "train_loss": loss, "val_loss": val["loss"],
-        "val_top1": val["top1"], "val_top5": val["top5"],
+        "epoch": epoch,
+        "lr": lr,
+        "train_loss": loss,
+        "val_loss": val["loss"],
+        "val_top1": val["top1"],
+        "val_top5": val["top5"],
         "epoch_seconds": time.perf_counter() - started,
-        "images_per_second": seen / max(train_seconds, 1e-9), "skipped_images": skipped,
-        "train_images": seen, "val_images": val["count"],
+        "images_per_second": seen / max(train_seconds, 1e-9),
+        "skipped_images": skipped,
+        "train_images": seen,
+        "val_images": val["count"],
         **rt.record(),  # precision and device: the report's provenance
-    }  # fmt: skip
+    }
 
 
 def _wrap(model: nn.Module, cfg: Config, rt: Runtime) -> nn.Module:

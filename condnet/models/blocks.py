@@ -41,7 +41,13 @@ class ConvNormAct(nn.Sequential):
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            kernel_size // 2,
+            groups=groups,
+            bias=False,
         )
         self.bn = norm_layer(out_channels)
         self.act = act_layer(inplace=True) if act_layer else nn.Identity()
@@ -66,8 +72,15 @@ class CondConvNormAct(nn.Module):
     ) -> None:
         super().__init__()
         self.conv = CondConv2d(
-            in_channels, out_channels, kernel_size, stride, None, groups, num_experts=num_experts,
-            own_routing=own_routing, routing_activation=routing_activation,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            None,
+            groups,
+            num_experts=num_experts,
+            own_routing=own_routing,
+            routing_activation=routing_activation,
         )
         self.bn = norm_layer(out_channels)
         self.act = act_layer(inplace=True) if act_layer else nn.Identity()
@@ -119,7 +132,11 @@ class StandardBlock(nn.Module):
         layer = dict(act_layer=act_layer, norm_layer=norm_layer)
         self.expand = ConvNormAct(in_channels, inner, 1, **layer)
         self.depthwise = ConvNormAct(inner, inner, kernel_size, stride, groups=inner, **layer)
-        self.se = SqueezeExcite(inner, inner // se_ratio, act_layer) if "se_ratio" in self.options else nn.Identity()
+        self.se = (
+            SqueezeExcite(inner, inner // se_ratio, act_layer)
+            if "se_ratio" in self.options
+            else nn.Identity()
+        )
         self.project = ConvNormAct(inner, out_channels, 1, act_layer=None, norm_layer=norm_layer)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -164,7 +181,9 @@ class CondConvBlock(nn.Module):
         own = routing == "conv"
         self.routing = None if own else Routing(in_channels, num_experts, routing_activation)
         cond = dict(
-            num_experts=num_experts, own_routing=own, routing_activation=routing_activation,
+            num_experts=num_experts,
+            own_routing=own,
+            routing_activation=routing_activation,
             norm_layer=norm_layer,
         )
         self.expand = CondConvNormAct(in_channels, inner, 1, act_layer=act_layer, **cond)
@@ -191,7 +210,9 @@ BLOCKS: dict[str, type[nn.Module]] = {
 def get_block(name: str) -> type[nn.Module]:
     """The block class registered under `name`."""
     if name not in BLOCKS:
-        raise CondnetError(f"unknown block {name!r}; registered blocks: {', '.join(sorted(BLOCKS))}")
+        raise CondnetError(
+            f"unknown block {name!r}; registered blocks: {', '.join(sorted(BLOCKS))}"
+        )
     return BLOCKS[name]
 
 

@@ -57,7 +57,8 @@ class Routing(nn.Module):
         super().__init__()
         if activation not in ROUTING_ACTIVATIONS:
             raise CondnetError(
-                f"Routing: activation must be one of {', '.join(ROUTING_ACTIVATIONS)}; got {activation!r}"
+                f"Routing: activation must be one of {', '.join(ROUTING_ACTIVATIONS)}; "
+                f"got {activation!r}"
             )
         self.activation = activation
         self.fc = nn.Linear(in_channels, num_experts)
@@ -65,7 +66,9 @@ class Routing(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.fc(x.mean((2, 3))) / self.temperature
-        return torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=1)
+        return (
+            torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=1)
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # Files written before routers had a temperature hold none: theirs was 1.

@@ -1,4 +1,5 @@
-"""The network as data: a frozen description (stem, stages, head) that the builder turns into modules.
+"""The network as data: a frozen description (stem, stages, head) that the builder turns into
+modules.
 
 `NetSpec` validates itself on construction, so every spec that exists is buildable. Errors name
 the offending field (``stages[2].kernel_size``) and what is allowed.
@@ -161,7 +162,14 @@ GLOBAL_KEYS = {
 }
 OVERRIDE_KEYS = tuple(sorted([*STAGE_KEYS, *GLOBAL_KEYS, "stages"]))
 # The stage options that a block kind may use or ignore (every kind uses the others).
-BLOCK_OPTIONS = ("expansion", "kernel_size", "se_ratio", "num_experts", "routing", "routing_activation")
+BLOCK_OPTIONS = (
+    "expansion",
+    "kernel_size",
+    "se_ratio",
+    "num_experts",
+    "routing",
+    "routing_activation",
+)
 
 
 def _per_stage(key: str, value: Any, num_stages: int) -> list[Any]:
@@ -183,7 +191,8 @@ def _replace_stages(spec: NetSpec, value: Any) -> NetSpec:
         unknown = set(stage) - allowed
         if unknown:
             raise CondnetError(
-                f"stages[{i}]: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(allowed))}"
+                f"stages[{i}]: unknown key {sorted(unknown)[0]!r}; "
+                f"allowed: {', '.join(sorted(allowed))}"
             )
         if "channels" not in stage or "repeats" not in stage:
             raise CondnetError(f"stages[{i}]: 'channels' and 'repeats' are required")
@@ -198,8 +207,12 @@ def unused_overrides(spec: NetSpec, overrides: Mapping[str, Any]) -> list[str]:
     """The per-stage override keys that no block of `spec` uses (e.g. `num_experts` in a
     network of standard blocks)."""
     kinds = {stage.block for stage in spec.stages}
-    return [key for key in overrides if STAGE_KEYS.get(key) in BLOCK_OPTIONS
-            and not any(block_uses(kind, STAGE_KEYS[key]) for kind in kinds)]  # fmt: skip
+    return [
+        key
+        for key in overrides
+        if STAGE_KEYS.get(key) in BLOCK_OPTIONS
+        and not any(block_uses(kind, STAGE_KEYS[key]) for kind in kinds)
+    ]
 
 
 def _unused(option: str, kinds: Sequence[str]) -> str:
@@ -221,7 +234,9 @@ def with_overrides(spec: NetSpec, **overrides: Any) -> NetSpec:
 def _apply(spec: NetSpec, overrides: Mapping[str, Any]) -> NetSpec:
     for key in overrides:
         if key not in OVERRIDE_KEYS:
-            raise CondnetError(f"unknown model override {key!r}; allowed: {', '.join(OVERRIDE_KEYS)}")
+            raise CondnetError(
+                f"unknown model override {key!r}; allowed: {', '.join(OVERRIDE_KEYS)}"
+            )
     if "stages" in overrides:
         spec = _replace_stages(spec, overrides["stages"])
     stages = [dataclasses.asdict(s) for s in spec.stages]

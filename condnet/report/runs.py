@@ -63,13 +63,16 @@ def read_run(folder: Path) -> Run:
         raise CondnetError(f"{folder}: no metrics.jsonl; not a finished run")
     config = load_config(folder / "config.yaml")
     versions, resumes = state.get("versions", {}), state.get("resumes", [])
-    return Run(config.model.name, folder, config, metrics, model_from_checkpoint(state), versions,
-               resumes)  # fmt: skip
+    return Run(
+        config.model.name, folder, config, metrics, model_from_checkpoint(state), versions, resumes
+    )
 
 
 def find_runs(root: Path, names: list[str]) -> list[Run]:
     """The runs `root/<name>` that have a checkpoint, in `names` order."""
     runs = [read_run(root / n) for n in names if (root / n / "last.pt").is_file()]
     if not runs:
-        raise CondnetError(f"{root}: no finished runs (expected {', '.join(f'{n}/last.pt' for n in names)})")
+        raise CondnetError(
+            f"{root}: no finished runs (expected {', '.join(f'{n}/last.pt' for n in names)})"
+        )
     return runs
