@@ -55,19 +55,21 @@ def bench(
     The PyTorch backends use the model's CondConv formulation; ``onnxruntime`` always runs the
     exported ``batched`` one.
     """
-    _validate(backends, batches, device, iters, warmup, resolution)
+    _validate(backends, batches, device=device, iters=iters, warmup=warmup, resolution=resolution)
     timings = []
     with tempfile.TemporaryDirectory(prefix="condnet-bench-") as workdir:
         for backend in backends:
             run = _runner(model, backend, device, resolution, Path(workdir))
             for batch in batches:
                 images = torch.randn(batch, model.spec.in_channels, resolution, resolution)
-                seconds = _median_seconds(run, images.to(device), device, iters, warmup)
+                seconds = _median_seconds(
+                    run, images.to(device), device=device, iters=iters, warmup=warmup
+                )
                 timings.append(Timing(backend, batch, seconds * 1e3, batch / seconds))
     return timings
 
 
-def _validate(backends, batches, device, iters, warmup, resolution) -> None:
+def _validate(backends, batches, *, device, iters, warmup, resolution) -> None:
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise CondnetError(
@@ -105,7 +107,7 @@ def _runner(
 
 
 def _median_seconds(
-    run: Callable[[Tensor], Any], images: Tensor, device: str, iters: int, warmup: int
+    run: Callable[[Tensor], Any], images: Tensor, *, device: str, iters: int, warmup: int
 ) -> float:
     for _ in range(warmup):
         run(images)
