@@ -1,4 +1,4 @@
-"""condnet against timm on the same network, side by side in one process (issue 6).
+"""condnet against timm on the same network, side by side in one process.
 
     pip install -e '.[bench]'
     python benchmarks/compare_timm.py                       # all three blocks, ~15 min on 2 cores
@@ -16,7 +16,7 @@ Like the condnet command, it first makes glibc keep freed memory (`condnet.memor
 process-wide setting, so timm gets it too. `--default-allocator` measures both without it.
 
 condnet runs as it ships: training with channels_last weights and inputs (the trainer's default
-`run.channels_last: true`), inference through `condnet.inference.prepare_inference` (BN folded,
+`run.channels_last: true`), inference through `condnet.prepare_inference` (BN folded,
 channels_last). timm runs as built by `timm_reference.build_timm` (eager, default layout), and,
 with `--timm-channels-last`, with channels_last too. Ratios are condnet / timm for throughput
 and condnet / timm for latency (lower is better). Achieved GFLOP/s counts 2 x MACs per image
@@ -44,22 +44,24 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timm_reference import build_timm
-
 import condnet
 from condnet.complexity import profile
-from condnet.inference import channels_last_weights, prepare_inference
+from condnet.deploy.inference import channels_last_weights, prepare_inference
 from condnet.memory import retain_freed_memory
+from condnet.paper import NETWORKS
+from timm_reference import build_timm
 
-BLOCKS = ("standard", "se", "condconv")
+BLOCKS = tuple(NETWORKS.values())
 METRICS = ("train", "latency1", "throughput64")
-# Issue 6's targets: condnet/timm at least (throughput) or at most (latency).
+# The targets of the race: condnet/timm at least (throughput) or at most (latency).
 TARGETS = {"train": (">=", 1.5), "latency1": ("<=", 0.7), "throughput64": (">=", 1.3)}
 VS_SE = {"train": (">=", 0.8), "latency1": ("<=", 1.15), "throughput64": (">=", 0.85)}
 
 
 def sgd(model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-5)
+    return torch.optim.SGD(
+        model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-5
+    )
 
 
 def train_step(model: nn.Module, optimizer, images: Tensor, labels: Tensor) -> None:
@@ -82,8 +84,12 @@ def timed(fn: Callable[[], object], iters: int) -> float:
 class Contender:
     """One side of the race: a network ready to train and to infer, and its timed runs."""
 
-    def __init__(self, train_model: nn.Module | None, infer_model: Callable[[Tensor], Tensor],
-                 channels_last: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        train_model: nn.Module | None,
+        infer_model: Callable[[Tensor], Tensor],
+        channels_last: bool,
+    ) -> None:
         self.train_model, self.infer_model = train_model, infer_model
         self.optimizer = sgd(train_model) if train_model is not None else None
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -99,7 +105,9 @@ class Contender:
             self.train_model.train()  # timm's side trains and infers with one module
             images, labels = self.inputs(64, resolution), torch.randint(0, 100, (64,))
             train_step(self.train_model, self.optimizer, images, labels)  # warm-up
-            return 64 / timed(lambda: train_step(self.train_model, self.optimizer, images, labels), iters)
+            return 64 / timed(
+                lambda: train_step(self.train_model, self.optimizer, images, labels), iters
+            )
         batch = 1 if metric == "latency1" else 64
         images = self.inputs(batch, resolution)
         if isinstance(self.infer_model, nn.Module):
@@ -112,8 +120,9 @@ class Contender:
 
 def onnx_contender(model: nn.Module, resolution: int, workdir: Path) -> Contender:
     """condnet exported to ONNX (`condnet export`) and run by ONNX Runtime: inference only."""
-    from condnet.bundle import Bundle, TransformSpec
-    from condnet.export import OnnxClassifier, export_onnx
+    from condnet.data.transforms import TransformSpec
+    from condnet.deploy.bundle import Bundle
+    from condnet.deploy.export import OnnxClassifier, export_onnx
 
     path = workdir / "model.onnx"
     export_onnx(Bundle(model, [str(i) for i in range(100)], TransformSpec(crop=resolution)), path)
@@ -176,16 +185,20 @@ def verdict(ratio: float, target: tuple[str, float]) -> str:
 
 def report(results: dict[str, dict], rate: float, resolution: int) -> str:
     units = {"train": "train img/s", "latency1": "b1 latency ms", "throughput64": "b64 img/s"}
-    header = (f"{'block':<10}{'metric':<15}{'condnet':>9}{'timm':>9}{'ratio':>7}  {'target':<16}"
-              f"{'GFLOP/s':>8}{'of mm':>7}")  # fmt: skip
+    header = (
+        f"{'block':<10}{'metric':<15}{'condnet':>9}{'timm':>9}{'ratio':>7}  {'target':<16}"
+        f"{'GFLOP/s':>8}{'of mm':>7}"
+    )
     lines = [header]
     for block, sides in results.items():
         for metric in METRICS:
             ours, theirs = sides["condnet"][metric], sides["timm"][metric]
             ratio = ours / theirs
             achieved = gflops(block, metric, ours, resolution)
-            lines.append(f"{block:<10}{units[metric]:<15}{ours:>9.1f}{theirs:>9.1f}{ratio:>7.2f}  "
-                         f"{verdict(ratio, TARGETS[metric]):<16}{achieved:>8.1f}{achieved / rate:>7.1%}")  # fmt: skip
+            lines.append(
+                f"{block:<10}{units[metric]:<15}{ours:>9.1f}{theirs:>9.1f}{ratio:>7.2f}  "
+                f"{verdict(ratio, TARGETS[metric]):<16}{achieved:>8.1f}{achieved / rate:>7.1%}"
+            )
     if {"se", "condconv"} <= results.keys():
         lines.append("condnet CondConv / condnet SE:")
         for metric in METRICS:
@@ -210,22 +223,34 @@ def environment() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
     except (OSError, StopIteration):
         pass
-    return (f"{time.strftime('%Y-%m-%d')}  {cpu}, {torch.get_num_threads()} threads  "
-            f"torch {torch.__version__}  timm {timm.__version__}  condnet {condnet.__version__}")  # fmt: skip
+    return (
+        f"{time.strftime('%Y-%m-%d')}  {cpu}, {torch.get_num_threads()} threads  "
+        f"torch {torch.__version__}  timm {timm.__version__}  condnet {condnet.__version__}"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--blocks", default=",".join(BLOCKS), help="comma-separated block kinds")
     parser.add_argument("--rounds", type=int, default=5, help="A B rounds per metric (median)")
-    parser.add_argument("--iters", type=int, default=3, help="timed calls per round (x10 at batch 1)")
+    parser.add_argument(
+        "--iters", type=int, default=3, help="timed calls per round (x10 at batch 1)"
+    )
     parser.add_argument("--resolution", type=int, default=56)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--timm-channels-last", action="store_true", help="give timm channels_last too")
-    parser.add_argument("--default-allocator", action="store_true",
-                        help="leave glibc's allocator as it is (condnet's CLI retains freed memory)")
-    parser.add_argument("--onnx", action="store_true",
-                        help="also time condnet exported to ONNX Runtime (inference only)")
+    parser.add_argument(
+        "--timm-channels-last", action="store_true", help="give timm channels_last too"
+    )
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's allocator as it is (condnet's CLI retains freed memory)",
+    )
+    parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also time condnet exported to ONNX Runtime (inference only)",
+    )
     parser.add_argument("--json", type=Path, help="also write the medians here")
     args = parser.parse_args(argv)
     args.blocks = [b.strip() for b in args.blocks.split(",") if b.strip()]
@@ -251,9 +276,17 @@ def main(argv: list[str] | None = None) -> None:
     results = {block: race(block, args) for block in args.blocks}
     print(report(results, rate, args.resolution))
     if args.json:
-        args.json.write_text(json.dumps({"environment": header, "matmul_gflops": rate,
-                                         "args": {k: str(v) for k, v in vars(args).items()},
-                                         "results": results}, indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "environment": header,
+                    "matmul_gflops": rate,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

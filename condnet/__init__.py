@@ -1,16 +1,10 @@
 """condnet: EfficientNet-style classifiers with standard, SE and SE + CondConv blocks."""
 
-from importlib.metadata import PackageNotFoundError, version
-
+from condnet.deploy.fuse import fuse
+from condnet.deploy.inference import prepare_inference
 from condnet.errors import CondnetError
-from condnet.fuse import fuse
-from condnet.inference import prepare_inference
 from condnet.models import CondNet, NetSpec, build_model, get_spec, list_models
-
-try:
-    __version__ = version("condnet")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from condnet.version import __version__
 
 __all__ = [
     "CondNet",
@@ -30,7 +24,7 @@ def __getattr__(name: str):
     # Imported on first use: it brings in torchvision and safetensors, which `import condnet`
     # alone does not need.
     if name == "load_pretrained":
-        from condnet.weights import load_pretrained
+        from condnet.deploy.weights import load_pretrained
 
         return load_pretrained
     raise AttributeError(f"module 'condnet' has no attribute {name!r}")

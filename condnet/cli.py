@@ -9,17 +9,16 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from condnet.commands import COMMANDS
 from condnet.engine.signals import Interrupted
 from condnet.errors import CondnetError
 from condnet.memory import retain_freed_memory
+from condnet.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from condnet import __version__
-
     parser = argparse.ArgumentParser(
         prog="condnet", description="Standard, SE and SE + CondConv EfficientNet-style networks."
     )

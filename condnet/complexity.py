@@ -4,7 +4,7 @@ One forward pass of one example records, for every conv, CondConv and linear lay
 implied by its actual input and output shapes. Nothing here describes the network a second
 time: rows are grouped from the model's own stages, and counts come from what ran.
 
-Conventions (SPEC section 3): MACs of a conv = Hout * Wout * Cout * (Cin / groups) * k * k;
+Conventions (the paper's Table 4): MACs of a conv = Hout * Wout * Cout * (Cin / groups) * k * k;
 filter coefficients = Cout * (Cin / groups) * k * k (times the experts for CondConv). BN,
 activations, pooling, the SE rescale and additions are not counted as MACs.
 """
@@ -20,6 +20,12 @@ from torch import nn
 from condnet.models.condconv import CondConv2d
 from condnet.models.net import CondNet
 from condnet.models.presets import PRESETS
+from condnet.paper import (
+    TABLE4_NETWORK,
+    TABLE4_PRINTED_ROWS,
+    TABLE4_PRINTED_TOTAL,
+    TABLE4_RESOLUTION,
+)
 
 KINDS = ("conv", "se", "routing", "mixing", "classifier", "bn")
 KIND_TITLES = {
@@ -30,14 +36,6 @@ KIND_TITLES = {
     "classifier": "classifier (linear + bias)",
     "bn": "batch norm (scale + shift)",
 }
-
-# The paper's Table 4 as printed: (MACs, "Filter Cx") for its 13 rows, and its two totals.
-PAPER_PRINTED_ROWS = (
-    (1354752, 432), (8228864, 2624), (9834496, 3136), (17160192, 7008), (10913280, 5472),
-    (22328320, 7008), (7808640, 28480), (31799040, 20640), (7667520, 162240),
-    (41269760, 79680), (15335040, 842240), (20070400, 312960), (0, 409600),
-)  # fmt: skip
-PAPER_PRINTED_TOTAL = (193770304, 1874512)
 
 
 @dataclass
@@ -52,7 +50,8 @@ class Row:
     in_paper_total: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        """The paper's columns (`macs`, `coefficients`: convolutions, or classifier) plus the rest."""
+        """The paper's columns (`macs`, `coefficients`: of the convolutions, or of the
+        classifier) plus the rest."""
         main = "classifier" if not self.in_paper_total else "conv"
         return {
             "name": self.name,
@@ -88,7 +87,10 @@ class Profile:
 
     def paper_total(self) -> dict[str, int]:
         kept = [r.to_dict() for r in self.rows if r.in_paper_total]
-        return {"macs": sum(r["macs"] for r in kept), "coefficients": sum(r["coefficients"] for r in kept)}
+        return {
+            "macs": sum(r["macs"] for r in kept),
+            "coefficients": sum(r["coefficients"] for r in kept),
+        }
 
     def full_total(self) -> dict[str, int]:
         return {"macs": sum(sum(r.macs.values()) for r in self.rows), "params": self.total_params}
@@ -123,7 +125,11 @@ class Profile:
 
 def _paper_differences(prof: Profile) -> list[str]:
     rows = [r.to_dict() for r in prof.rows]
-    shifted = [r["name"] for r, p in zip(rows, PAPER_PRINTED_ROWS) if r["coefficients"] != p[1]]
+    shifted = [
+        r["name"]
+        for r, p in zip(rows, TABLE4_PRINTED_ROWS, strict=True)
+        if r["coefficients"] != p[1]
+    ]
     notes = []
     if shifted:
         notes.append(
@@ -133,11 +139,14 @@ def _paper_differences(prof: Profile) -> list[str]:
             "value of the row above (7,008 appears twice), so the head conv's 409,600 stands on "
             "the classifier row."
         )
-    if prof.paper_total() == dict(zip(("macs", "coefficients"), PAPER_PRINTED_TOTAL)):
+    macs, coefficients = TABLE4_PRINTED_TOTAL
+    if prof.paper_total() == {"macs": macs, "coefficients": coefficients}:
+        classifier = rows[-1]
         notes.append(
-            "The printed totals (193,770,304 MACs, 1,874,512 coefficients) equal the sum over the "
-            "convolutions alone: the classifier (128,000 MACs, 128,100 coefficients), printed "
-            "with 0 MACs, is not in them although a row names it."
+            f"The printed totals ({macs:,} MACs, {coefficients:,} coefficients) equal the sum over "
+            f"the convolutions alone: the classifier ({classifier['macs']:,} MACs, "
+            f"{classifier['coefficients']:,} coefficients), printed with 0 MACs, is not in them "
+            "although a row names it."
         )
     return notes
 
@@ -232,7 +241,7 @@ def profile(model: CondNet, resolution: int = 56, name: str | None = None) -> Pr
                     row.params[kind] += params
     total = sum(p.numel() for p in model.parameters())
     preset = next((n for n, s in PRESETS.items() if s == model.spec), None)
-    paper = preset == "paper-standard" and resolution == 56
+    paper = preset == TABLE4_NETWORK and resolution == TABLE4_RESOLUTION
     return Profile(name or preset or "custom", input_size, rows, total, paper)
 
 
@@ -247,12 +256,12 @@ def format_profile(prof: Profile) -> str:
         r = row.to_dict()
         line = f"  {r['name']:<24}{r['repeat']:>7}{r['macs']:>15,}{r['coefficients']:>15,}"
         if paper_printed:
-            line += f"   {PAPER_PRINTED_ROWS[i][0]:,} / {PAPER_PRINTED_ROWS[i][1]:,}"
+            line += f"   {TABLE4_PRINTED_ROWS[i][0]:,} / {TABLE4_PRINTED_ROWS[i][1]:,}"
         lines.append(line + ("" if r["in_paper_total"] else "   (not in paper total)"))
     total = prof.paper_total()
     line = f"  {'paper total':<24}{'':>7}{total['macs']:>15,}{total['coefficients']:>15,}"
     if paper_printed:
-        line += f"   {PAPER_PRINTED_TOTAL[0]:,} / {PAPER_PRINTED_TOTAL[1]:,}"
+        line += f"   {TABLE4_PRINTED_TOTAL[0]:,} / {TABLE4_PRINTED_TOTAL[1]:,}"
     lines += [line, "", "Complete account", f"  {'part':<30}{'MACs':>15}{'parameters':>15}"]
     for kind, t in prof.kind_totals().items():
         if t["macs"] or t["params"]:

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
-from condnet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from condnet.errors import CondnetError
+from condnet.models import get_spec
+from condnet.paper import IMAGENET_MEAN, IMAGENET_STD
 
 SOURCES = ("imagefolder", "imagenet64", "cifar10", "cifar100", "fashion-mnist", "synthetic")
 PIPELINES = ("torchvision", "tensor")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MODEL_OVERRIDES = "model.overrides."  # dotted keys below it name a model override each
 
 
 def _spec(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
@@ -92,7 +95,8 @@ class RunConfig:
     compile: bool = _spec(False)
     compile_mode: str = _spec("default", choices=COMPILE_MODES)  # reduce-overhead: CUDA graphs
     threads: int = _spec(0, min=0)  # CPU threads for torch (0: torch's default)
-    routing_stats_every: int = _spec(10, min=0)  # CondConv diagnostics: steps between samples (0: off)
+    # CondConv diagnostics: steps between samples (0: off).
+    routing_stats_every: int = _spec(10, min=0)
 
 
 @dataclass
@@ -145,10 +149,19 @@ def _is_number(v: Any) -> bool:
 
 
 def _describe(kind: type, rules: Mapping[str, Any]) -> str:
-    name = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            dict: "a mapping", list: f"a list of {rules.get('length', 'some')} numbers"}[kind]  # fmt: skip
-    bounds = [f">= {rules['min']}" if "min" in rules else "", f"> {rules['gt']}" if "gt" in rules else "",
-              f"<= {rules['max']}" if "max" in rules else ""]  # fmt: skip
+    name = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        dict: "a mapping",
+        list: f"a list of {rules.get('length', 'some')} numbers",
+    }[kind]
+    bounds = [
+        f">= {rules['min']}" if "min" in rules else "",
+        f"> {rules['gt']}" if "gt" in rules else "",
+        f"<= {rules['max']}" if "max" in rules else "",
+    ]
     bounds = [b for b in bounds if b]
     return name + (f" ({' and '.join(bounds)})" if bounds else "")
 
@@ -175,8 +188,6 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def _check_consistency(cfg: Config) -> None:
-    from condnet.models import get_spec
-
     if "num_classes" in cfg.model.overrides:
         raise CondnetError("model.overrides.num_classes: not allowed, the data sets the classes")
     try:
@@ -189,9 +200,13 @@ def _check_consistency(cfg: Config) -> None:
         )
     low, high = cfg.data.scale
     if low > high:
-        raise CondnetError(f"data.scale: expected [low, high] with low <= high, got {cfg.data.scale}")
+        raise CondnetError(
+            f"data.scale: expected [low, high] with low <= high, got {cfg.data.scale}"
+        )
     if cfg.data.ratio[0] > cfg.data.ratio[1]:
-        raise CondnetError(f"data.ratio: expected [low, high] with low <= high, got {cfg.data.ratio}")
+        raise CondnetError(
+            f"data.ratio: expected [low, high] with low <= high, got {cfg.data.ratio}"
+        )
     if cfg.train.warmup_epochs >= cfg.train.epochs and cfg.train.epochs > 1:
         raise CondnetError(
             f"train.warmup_epochs: must be below train.epochs ({cfg.train.epochs}), "
@@ -211,26 +226,37 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
 
 def from_dict(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Config:
     """Build and validate a Config from nested data and dotted overrides (``train.epochs``)."""
-    data = yaml.safe_load(yaml.safe_dump(dict(data)))  # deep copy of plain data
-    for key, value in (overrides or {}).items():
-        if key.startswith("model.overrides."):
-            data.setdefault("model", {}).setdefault("overrides", {})[key[16:]] = value
-        else:
-            _set_dotted(data, key, value)
-    cfg = _build(Config, data, "")
+    cfg = _build(Config, merge_overrides(data, overrides), "")
     _check_consistency(cfg)
     return cfg
 
 
+def merge_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A deep copy of nested `data` with the dotted `overrides` set in it, not yet validated."""
+    data = yaml.safe_load(yaml.safe_dump(dict(data)))  # deep copy of plain data
+    for key, value in (overrides or {}).items():
+        if key.startswith(MODEL_OVERRIDES):
+            data.setdefault("model", {}).setdefault("overrides", {})[
+                key.removeprefix(MODEL_OVERRIDES)
+            ] = value
+        else:
+            _set_dotted(data, key, value)
+    return data
+
+
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read a YAML config (None: the defaults, i.e. the paper recipe) and apply overrides."""
-    data: Any = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise CondnetError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise CondnetError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    return from_dict(data, overrides)
+    return from_dict(read_config_file(path), overrides)
+
+
+def read_config_file(path: str | Path | None) -> Any:
+    """The YAML data of a config file, not yet validated (None: no file, no settings)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise CondnetError(f"config file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise CondnetError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None

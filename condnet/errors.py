@@ -6,3 +6,10 @@ class CondnetError(ValueError):
 
     The CLI prints it without a traceback and exits with status 2.
     """
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most `limit` characters), for a one-line
+    error that quotes a library's own."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:limit] if lines else type(err).__name__

@@ -102,10 +102,14 @@ def summarise(folder: Path) -> dict[str, object]:
         row["kernel_norm_min"] = min(b["kernel_norm_min"] for b in blocks)
         row["bn_var_max"] = max(b["bn_var_max"] for b in blocks)
         row["first_saturated"] = _first(train_side, lambda b: b["low"] + b["high"] > 0.1)
-        row["first_kernel_off"] = _first(train_side, lambda b: b["kernel_norm_min"] < 0.1 or b["kernel_norm_mean"] > 2)
+        row["first_kernel_off"] = _first(
+            train_side, lambda b: b["kernel_norm_min"] < 0.1 or b["kernel_norm_mean"] > 2
+        )
         row["first_bn_var_10"] = _first(train_side, lambda b: b["bn_var_max"] > 10)
         first = train_side[0]["blocks"]
-        row["grad_ratio_start"] = sum(b["grad_ratio_routing"] / b["grad_ratio_experts"] for b in first) / len(first)
+        row["grad_ratio_start"] = sum(
+            b["grad_ratio_routing"] / b["grad_ratio_experts"] for b in first
+        ) / len(first)
         final_val = [r for r in routing if r["phase"] == "val"][-1]["blocks"]
         row["final_entropy"] = sum(b["entropy"] for b in final_val) / len(final_val)
         row["final_example_std"] = sum(b["example_std"] for b in final_val) / len(final_val)
@@ -127,6 +131,7 @@ def table(rows: dict[str, dict[str, object]], header: str) -> str:
              "| final entropy | final spread across examples | first saturated | first kernel off | first BN var > 10 |",
              "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name, r in rows.items():
+
         def cell(key: str, fmt: str) -> str:
             return format(r[key], fmt) if key in r else ""
 
@@ -140,7 +145,9 @@ def table(rows: dict[str, dict[str, object]], header: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs/routing-study")
     parser.add_argument("--only", help="comma-separated candidates (default: all)")
     parser.add_argument("--epochs", type=int, default=2)

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import condnet
-from condnet.engine.checkpoint import save_checkpoint
+from condnet.data.transforms import TransformSpec
+from condnet.engine.checkpoint import checkpoint_state, save_checkpoint
 
 # Small enough for quick tests, with every block kind's structure intact.
 SMALL = {"widths": [8, 8, 16, 16, 24, 24], "repeats": [1, 2, 1, 1, 2, 1], "head_channels": 32}
@@ -63,15 +64,15 @@ def small_model(block: str, num_classes: int = len(CLASS_NAMES), **overrides) ->
 def write_checkpoint(
     path: Path, model: condnet.CondNet, eval_transform: dict | None = None
 ) -> Path:
-    """A checkpoint as the trainer writes it (the extras that deployment ignores included)."""
-    state = {
-        "model": model.state_dict(),
-        "model_spec": model.spec.to_dict(),
-        "class_names": CLASS_NAMES[: model.num_classes],
-        "optimizer": {"state": {}, "param_groups": []},
-        "epoch": 3,
-    }
-    if eval_transform is not None:
-        state["eval_transform"] = eval_transform
+    """A checkpoint as the trainer writes it (the extras that deployment ignores included);
+    without `eval_transform`, one that has none."""
+    transform = TransformSpec.from_dict(eval_transform) if eval_transform is not None else None
+    state = checkpoint_state(
+        model,
+        CLASS_NAMES[: model.num_classes],
+        eval_transform=transform,
+        optimizer={"state": {}, "param_groups": []},
+        epoch=3,
+    )
     save_checkpoint(state, path)
     return path

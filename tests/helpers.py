@@ -5,28 +5,84 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from condnet.config import Config, from_dict
+from condnet.data.cache import load_cached
 from condnet.data.sources import Split
+from condnet.data.tensor_loader import DeviceSplit
 
 TINY_MODEL = {"widths": [8, 8, 16, 16, 24, 24], "repeats": 1, "head_channels": 32}
+# A small real task: 1,024 Fashion-MNIST training images at 28 px, three epochs (chance: 10 %).
+FASHION_SUBSET = {
+    **{"data.source": "fashion-mnist", "data.train_subset": 1024, "data.val_subset": 500},
+    **{"data.resize": 28, "data.crop": 24, "data.scale": [0.6, 1.0]},
+    **{"train.epochs": 3, "train.lr_peak": 0.2},
+}
 
 
 def tiny_config(**overrides) -> Config:
     """A seconds-long run on synthetic data with a narrow network; override with dotted keys."""
     data = {
         "model": {"name": "paper-standard", "overrides": dict(TINY_MODEL)},
-        "data": {"source": "synthetic", "synthetic_images": 192, "synthetic_classes": 4,
-                 "synthetic_size": 20, "resize": 20, "crop": 16, "scale": [0.5, 1.0]},
-        "train": {"epochs": 3, "batch_size": 32, "eval_batch_size": 64, "warmup_epochs": 1,
-                  "lr_start": 0.01, "lr_peak": 0.1, "lr_final": 0.001},
+        "data": {
+            "source": "synthetic",
+            "synthetic_images": 192,
+            "synthetic_classes": 4,
+            "synthetic_size": 20,
+            "resize": 20,
+            "crop": 16,
+            "scale": [0.5, 1.0],
+        },
+        "train": {
+            "epochs": 3,
+            "batch_size": 32,
+            "eval_batch_size": 64,
+            "warmup_epochs": 1,
+            "lr_start": 0.01,
+            "lr_peak": 0.1,
+            "lr_final": 0.001,
+        },
         "run": {"deterministic": True, "channels_last": False, "threads": 1},
-    }  # fmt: skip
+    }
     return from_dict(data, overrides)
+
+
+def tensor_config(tmp_path: Path, **overrides) -> Config:
+    """`tiny_config` on the tensor pipeline, its cache under `tmp_path`."""
+    return tiny_config(
+        **{"data.pipeline": "tensor", "data.cache": str(tmp_path / "cache"), **overrides}
+    )
+
+
+def paper_data():
+    """The data settings of the paper's sizes (resize 64, crop 56, its crop scales)."""
+    return tiny_config(**{"data.resize": 64, "data.crop": 56, "data.scale": [0.08, 1.0]}).data
+
+
+def array_split(count: int = 40, size: int = 64, seed: int = 0) -> Split:
+    """`count` random RGB images of `size` x `size` in memory, four classes."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    return Split(images, np.arange(count) % 4, [f"c{i}" for i in range(4)])
+
+
+def device_split(split: Split, folder: Path, size: int = 64, crop: int = 56) -> DeviceSplit:
+    """`split` through the cache in `folder`, on the CPU as the tensor pipeline holds it."""
+    return DeviceSplit.from_cache(load_cached(split, folder, size, crop), torch.device("cpu"))
+
+
+def torchrun_train(config: Path, out: Path, port: int) -> list[str]:
+    """The command line of `condnet train --config CONFIG --out OUT` in two processes under
+    torchrun (gloo on the CPU), rendezvous on `port`."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    condnet = ["-m", "condnet.cli", "train", "--config", str(config), "--out", str(out)]
+    return [*torchrun, f"--master_port={port}", *condnet]
 
 
 def tiny_array_split() -> Split:
@@ -56,7 +112,9 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def write_imagenet64(root: Path, labels_per_batch=((1, 2, 3, 5), (2, 5, 7)), npz: bool = False) -> Path:
+def write_imagenet64(
+    root: Path, labels_per_batch=((1, 2, 3, 5), (2, 5, 7)), npz: bool = False
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
 

@@ -8,12 +8,32 @@ import torch
 
 from condnet.cli import main
 
-TINY = ["--set", "widths=8", "repeats=1", "head_channels=16", "--resolution", "16"]
+TINY = [
+    "--set",
+    "model.overrides.widths=8",
+    "model.overrides.repeats=1",
+    "model.overrides.head_channels=16",
+    "--resolution",
+    "16",
+]
 
 
 def test_json_has_every_backend_and_batch(capsys):
-    args = ["bench", "--model", "paper-condconv", *TINY, "--batch", "1,3", "--iters", "2",
-            "--warmup", "1", "--backend", "eager,fused,onnxruntime", "--json"]  # fmt: skip
+    args = [
+        "bench",
+        "--model",
+        "paper-condconv",
+        *TINY,
+        "--batch",
+        "1,3",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--backend",
+        "eager,fused,onnxruntime",
+        "--json",
+    ]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     pairs = [(r["backend"], r["batch"]) for r in result["results"]]
@@ -22,20 +42,40 @@ def test_json_has_every_backend_and_batch(capsys):
         assert r["median_ms"] > 0
         assert r["images_per_s"] == pytest.approx(r["batch"] * 1000 / r["median_ms"])
     assert (result["model"], result["device"], result["iters"], result["warmup"]) == (
-        "paper-condconv", "cpu", 2, 1,
-    )  # fmt: skip
+        "paper-condconv",
+        "cpu",
+        2,
+        1,
+    )
 
 
 def test_text_table_with_compile(capsys, monkeypatch):
     # Inductor's C++ build takes minutes on a small CPU; the eager dynamo backend still runs
     # the model through torch.compile.
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    assert main(["bench", "--model", "paper-standard", *TINY, "--batch", "2", "--iters", "1",
-                 "--warmup", "1", "--backend", "fused,compile"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                "paper-standard",
+                *TINY,
+                "--batch",
+                "2",
+                "--iters",
+                "1",
+                "--warmup",
+                "1",
+                "--backend",
+                "fused,compile",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert "median of 1 runs" in lines[0] and len(lines) == 4
     assert lines[1].split() == ["backend", "batch", "median", "ms", "images/s"]
-    for line, name in zip(lines[2:], ("fused", "compile")):
+    for line, name in zip(lines[2:], ("fused", "compile"), strict=False):
         backend, batch, median_ms, throughput = line.split()
         assert (backend, batch) == (name, "2")
         # Printed with 3 and 1 decimals: allow for the rounding.

@@ -26,8 +26,9 @@ def test_timm_reference_has_condnets_parameter_count_and_shapes(block):
 
 
 def test_a_tiny_race_reports_every_metric():
-    args = compare_timm.parse_args(["--blocks", "standard", "--rounds", "1", "--iters", "1",
-                                    "--resolution", "16", "--onnx"])  # fmt: skip
+    args = compare_timm.parse_args(
+        ["--blocks", "standard", "--rounds", "1", "--iters", "1", "--resolution", "16", "--onnx"]
+    )
     medians = compare_timm.race("standard", args)
     assert set(medians) == {"condnet", "timm", "onnxruntime"}
     for side in ("condnet", "timm"):

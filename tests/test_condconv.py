@@ -11,7 +11,7 @@ from condnet.models.condconv import FORMULATIONS, CondConv2d, set_formulation
 
 def naive(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     outs = []
-    for xi, ri in zip(x, r):
+    for xi, ri in zip(x, r, strict=False):
         w = sum(ri[m] * layer.weight[m] for m in range(layer.num_experts))
         outs.append(F.conv2d(xi[None], w, None, layer.stride, layer.padding, groups=layer.groups))
     return torch.cat(outs)
@@ -26,9 +26,14 @@ def naive(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 def test_matches_per_example_loop(depthwise, stride, batch, kernel_size, formulation, size):
     cin, cout = (12, 12) if depthwise else (6, 10)
     layer = CondConv2d(
-        cin, cout, kernel_size, stride, groups=cin if depthwise else 1, num_experts=3,
+        cin,
+        cout,
+        kernel_size,
+        stride,
+        groups=cin if depthwise else 1,
+        num_experts=3,
         formulation=formulation,
-    )  # fmt: skip
+    )
     x = torch.randn(batch, cin, size, size, requires_grad=True)
     r = torch.rand(batch, 3, requires_grad=True)
     out = layer(x, r)
@@ -38,7 +43,7 @@ def test_matches_per_example_loop(depthwise, stride, batch, kernel_size, formula
     grad = torch.randn_like(out)
     got = torch.autograd.grad(out, (x, r, layer.weight), grad)
     want = torch.autograd.grad(ref_layer_out, (x, r, layer.weight), grad)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
@@ -56,8 +61,9 @@ def test_grouped_not_depthwise_and_own_routing(formulation, kernel_size):
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("size", [9, 4])  # 4x4: `auto` takes the stacked form for 1x1 convs
 def test_bias_is_added_after_mixing(formulation, kernel_size, groups, size):
-    layer = CondConv2d(6, 8, kernel_size, 2, groups=groups, num_experts=3, bias=True,
-                       formulation=formulation)  # fmt: skip
+    layer = CondConv2d(
+        6, 8, kernel_size, 2, groups=groups, num_experts=3, bias=True, formulation=formulation
+    )
     with torch.no_grad():
         layer.bias.normal_()
     x, r = torch.randn(4, 6, size, size), torch.rand(4, 3)
@@ -79,7 +85,7 @@ def test_formulations_agree_on_a_whole_network_with_gradients():
     out_a, grads_a = results[0]
     for out_b, grads_b in results[1:]:
         torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
-        for a, b in zip(grads_a, grads_b):
+        for a, b in zip(grads_a, grads_b, strict=False):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -130,7 +136,6 @@ def test_auto_picks_the_stacked_form_for_small_1x1_maps(monkeypatch):
     shapes = spy_conv2d(monkeypatch, lambda a, k: a[1].shape)
     layer(torch.randn(5, 6, 4, 4), torch.rand(5, 4))
     assert shapes == [torch.Size([8, 24, 1, 1])]  # one dense conv over 4 scaled input copies
-
 
 
 def every_path(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -46,7 +46,9 @@ def test_imagenet64_subset_reindexed(tmp_path, npz):
     assert train.images.shape[1:] == (64, 64, 3)
     # The red channel carries the original 1-based label: re-indexing kept images and labels paired.
     original = {0: 5, 1: 2}
-    assert all(img[0, 0, 0] == original[lab] for img, lab in zip(train.images, train.labels))
+    assert all(
+        img[0, 0, 0] == original[lab] for img, lab in zip(train.images, train.labels, strict=False)
+    )
 
 
 def traced_peak(function, *args):
@@ -96,15 +98,21 @@ def test_imagenet64_refuses_code_in_pickles(tmp_path):
     (root / "train_data_batch_1").write_bytes(pickle.dumps({"data": Payload(), "labels": [1]}))
     (tmp_path / "c.txt").write_text("1\n")
     with pytest.raises(CondnetError, match="refused"):
-        load_splits(data_cfg(source="imagenet64", root=str(root), classes=str(tmp_path / "c.txt")), 0)
+        load_splits(
+            data_cfg(source="imagenet64", root=str(root), classes=str(tmp_path / "c.txt")), 0
+        )
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_numpy_pickles_of_every_protocol_load(tmp_path, protocol):
-    batch = {"data": np.arange(24, dtype=np.uint8).reshape(2, 12), "labels": [3, 1],
-             "strided": np.arange(12.0).reshape(3, 4).T, "mean": np.float32(0.5),
-             "name": b"x"}  # fmt: skip
+    batch = {
+        "data": np.arange(24, dtype=np.uint8).reshape(2, 12),
+        "labels": [3, 1],
+        "strided": np.arange(12.0).reshape(3, 4).T,
+        "mean": np.float32(0.5),
+        "name": b"x",
+    }
     path = tmp_path / "batch"
     path.write_bytes(pickle.dumps(batch, protocol=protocol))
     if protocol == 5:  # NumPy's protocol-5 form: the array rebuilt from its bytes
@@ -233,7 +241,9 @@ def test_idx_files(tmp_path):
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     train, val = load_splits(data_cfg(source="fashion-mnist", root=str(tmp_path)), 0)
     assert train.images.shape == (20, 28, 28, 1) and len(val) == 10
-    image, _ = make_datasets(data_cfg(resize=28, crop=28, mean=[0.5] * 3, std=[0.5] * 3), train, val)[1][0]
+    image, _ = make_datasets(
+        data_cfg(resize=28, crop=28, mean=[0.5] * 3, std=[0.5] * 3), train, val
+    )[1][0]
     assert image.shape == (3, 28, 28) and torch.equal(image[0], image[1])  # gray -> 3 channels
 
 
@@ -265,8 +275,16 @@ def test_prepare_imagenet(tmp_path, capsys):
     src = write_imagefolder(tmp_path / "full", classes=("n01", "n02", "n03"), per_class=2)
     (src / "train" / "n01" / "broken.JPEG").write_bytes(b"not a jpeg")
     (tmp_path / "classes.txt").write_text("# two of three\nn03\nn01\n")
-    args = ["data", "prepare-imagenet", str(src), str(tmp_path / "small"), "--classes",
-            str(tmp_path / "classes.txt"), "--workers", "2"]  # fmt: skip
+    args = [
+        "data",
+        "prepare-imagenet",
+        str(src),
+        str(tmp_path / "small"),
+        "--classes",
+        str(tmp_path / "classes.txt"),
+        "--workers",
+        "2",
+    ]
     assert main(args) == 1  # one unreadable source file
     out = capsys.readouterr()
     assert "written 8, already there 0, failed 1" in out.out and out.err.count("broken.JPEG") == 1

@@ -1,4 +1,5 @@
-"""Routing diagnostics: the statistics on hand-built cases, the run folder's routing.jsonl, the figures."""
+"""Routing diagnostics: the statistics on hand-built cases, the run folder's routing.jsonl and
+the figures."""
 
 import json
 import math
@@ -8,8 +9,14 @@ import torch
 from helpers import tiny_config
 
 from condnet.cli import main
-from condnet.engine.diagnostics import RoutingMonitor, mixed_kernel_norms, read_routing, routing_figures
-from condnet.engine.trainer import build_network, evaluate, resume_config, train
+from condnet.engine.diagnostics import (
+    RoutingMonitor,
+    mixed_kernel_norms,
+    read_routing,
+    routing_figures,
+)
+from condnet.engine.evaluation import evaluate
+from condnet.engine.trainer import build_network, resume_config, train
 from condnet.models.condconv import CondConv2d
 
 
@@ -71,7 +78,9 @@ def test_validation_statistics_by_hand():
     assert block["example_std"] == pytest.approx(0, abs=1e-5)  # the same weights for every example
     assert block["low"] == pytest.approx(0.25) and block["high"] == pytest.approx(0.25)
     share = values / values.sum()
-    assert block["entropy"] == pytest.approx((-(share * share.log()).sum() / math.log(4)).item(), rel=1e-5)
+    assert block["entropy"] == pytest.approx(
+        (-(share * share.log()).sum() / math.log(4)).item(), rel=1e-5
+    )
     assert block["expert_means"] == pytest.approx(values.tolist(), rel=1e-5)
     per_class = record["per_class"][0]
     assert per_class[0] == pytest.approx(values.tolist(), rel=1e-5) and per_class[2] == per_class[0]
@@ -90,38 +99,53 @@ def test_per_class_means_follow_the_examples():
     labels = torch.tensor([0, 1, 0, 1, 1, 1])
     monitor.observe_eval(labels)
     record = monitor.epoch_records(0)[-1]
-    torch.testing.assert_close(torch.tensor(record["per_class"][0][1], dtype=torch.float32),
-                               weights[labels == 1].mean(0))  # fmt: skip
+    torch.testing.assert_close(
+        torch.tensor(record["per_class"][0][1], dtype=torch.float32), weights[labels == 1].mean(0)
+    )
 
 
 def test_training_samples_every_n_steps(tmp_path):
-    cfg = tiny_config(**{"model.name": "paper-condconv", "run.routing_stats_every": 2, "train.epochs": 2})
+    cfg = tiny_config(
+        **{"model.name": "paper-condconv", "run.routing_stats_every": 2, "train.epochs": 2}
+    )
     train(cfg, tmp_path, progress=False)
     records = read_routing(tmp_path)
     steps = 192 // 32
     train_side = [r for r in records if r["phase"] == "train"]
-    assert [(r["epoch"], r["step"]) for r in train_side] == [(e, s) for e in range(2) for s in range(0, steps, 2)]
+    assert [(r["epoch"], r["step"]) for r in train_side] == [
+        (e, s) for e in range(2) for s in range(0, steps, 2)
+    ]
     assert [r["epoch"] for r in records if r["phase"] == "val"] == [0, 1]
     sample = train_side[0]["blocks"][0]
     assert sample["grad_ratio_routing"] > 0 and sample["grad_ratio_experts"] > 0
     # Initial routing weights are sigmoid(~0) = 0.5 and the experts are independent: the mixed
     # kernel's norm is about one expert's, and the BN running variances are still near 1.
     assert sample["mean"] == pytest.approx(0.5, abs=0.02) and sample["entropy"] > 0.99
-    assert 0.7 < sample["kernel_norm_mean"] < 1.3 and 0.5 < sample["bn_var_min"] <= sample["bn_var_max"]
+    assert (
+        0.7 < sample["kernel_norm_mean"] < 1.3
+        and 0.5 < sample["bn_var_min"] <= sample["bn_var_max"]
+    )
 
 
 def test_no_routing_log_for_blocks_without_routing_or_when_off(tmp_path):
     train(tiny_config(), tmp_path / "se", progress=False)
-    off = tiny_config(**{"model.name": "paper-condconv", "run.routing_stats_every": 0, "train.epochs": 1})
+    off = tiny_config(
+        **{"model.name": "paper-condconv", "run.routing_stats_every": 0, "train.epochs": 1}
+    )
     train(off, tmp_path / "off", progress=False)
-    assert not (tmp_path / "se" / "routing.jsonl").exists() and not (tmp_path / "off" / "routing.jsonl").exists()
+    assert (
+        not (tmp_path / "se" / "routing.jsonl").exists()
+        and not (tmp_path / "off" / "routing.jsonl").exists()
+    )
 
 
 def test_resume_rewrites_routing_log_after_the_checkpoint(tmp_path):
     cfg = tiny_config(**{"model.name": "paper-condconv", "run.routing_stats_every": 3})
     train(cfg, tmp_path / "full", progress=False)
     train(cfg, tmp_path / "part", progress=False, stop_after=2)
-    with (tmp_path / "part" / "routing.jsonl").open("a") as f:  # an epoch logged but not checkpointed
+    with (tmp_path / "part" / "routing.jsonl").open(
+        "a"
+    ) as f:  # an epoch logged but not checkpointed
         f.write(json.dumps({"phase": "val", "epoch": 2, "blocks": [], "per_class": []}) + "\n")
     train(resume_config(tmp_path / "part"), tmp_path / "part", resume=True, progress=False)
     full, part = read_routing(tmp_path / "full"), read_routing(tmp_path / "part")

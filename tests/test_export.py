@@ -11,12 +11,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import condnet
-from condnet.bundle import Bundle, TransformSpec
 from condnet.cli import main
-from condnet.engine.checkpoint import save_checkpoint
+from condnet.data.transforms import TransformSpec
+from condnet.deploy.bundle import Bundle
+from condnet.deploy.export import OnnxClassifier, check_onnx, export_onnx, require
+from condnet.deploy.model_file import read_bundle
+from condnet.deploy.weights import save_weights
+from condnet.engine.checkpoint import checkpoint_state, save_checkpoint
 from condnet.errors import CondnetError
-from condnet.export import OnnxClassifier, check_onnx, export_onnx, require
-from condnet.weights import read_bundle, save_weights
 
 
 @pytest.mark.parametrize("name", condnet.list_models())
@@ -55,7 +57,7 @@ def test_check_fails_when_the_export_is_wrong(tmp_path, capsys, monkeypatch):
                 module.bias = None
         return model
 
-    monkeypatch.setattr("condnet.export.fuse", forget_batch_norm)
+    monkeypatch.setattr("condnet.deploy.export.fuse", forget_batch_norm)
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx"), "--check"]) == 1
     assert "FAILED" in capsys.readouterr().out
 
@@ -111,9 +113,8 @@ def test_unreadable_weights_are_one_line_errors(tmp_path):
     ],
 )
 def test_bad_checkpoint_metadata_is_a_clear_error(tmp_path, change, message):
-    model = small_model("standard")
-    state = {"model": model.state_dict(), "model_spec": model.spec.to_dict()}
-    save_checkpoint(state | {"class_names": CLASS_NAMES} | change, tmp_path / "last.pt")
+    state = checkpoint_state(small_model("standard"), CLASS_NAMES)
+    save_checkpoint(state | change, tmp_path / "last.pt")
     with pytest.raises(CondnetError, match=message):
         read_bundle(tmp_path / "last.pt")
 

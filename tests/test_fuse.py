@@ -6,7 +6,8 @@ from deploy_helpers import small_model, trained_like
 from torch import nn
 
 import condnet
-from condnet.fuse import fold_batch_norm, fuse
+from condnet.deploy.fuse import fold_batch_norm, fuse
+from condnet.models.blocks import block_uses
 from condnet.models.condconv import CondConv2d
 
 BLOCKS = ["standard", "se", "condconv"]
@@ -31,7 +32,8 @@ def test_paper_presets_fused_match_unfused(name):
 @pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("routing", ["block", "conv"])
 def test_fused_small_models_and_input_untouched(block, routing):
-    model = small_model(block, routing=routing).train()
+    options = {"routing": routing} if block_uses(block, "routing") else {}
+    model = small_model(block, **options).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fused = fuse(model)
     assert model.training and not fused.training

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import condnet
-from condnet.inference import PointwiseConv2d, channels_last_weights, prepare_inference
+from condnet.deploy.inference import PointwiseConv2d, channels_last_weights, prepare_inference
 from condnet.memory import retain_freed_memory
 
 TINY = {"widths": [8, 8, 16, 16, 24, 24], "repeats": 1, "head_channels": 32}

@@ -1,4 +1,4 @@
-"""The three presets against SPEC section 2, over the whole registry."""
+"""The three presets against the paper's Table 1 and Figure 2, over the whole registry."""
 
 import dataclasses
 
@@ -9,18 +9,24 @@ from torch import nn
 import condnet
 from condnet.errors import CondnetError
 from condnet.models import BLOCKS, CondConv2d, Routing, get_spec
-from condnet.models.blocks import SqueezeExcite
+from condnet.models.blocks import SqueezeExcite, block_uses
 
 PRESETS = condnet.list_models()
-# SPEC section 2: (Ni, No, stride) of every block, in order.
+# The paper's Table 1: (Ni, No, stride) of every block, in order.
 PAPER_BLOCKS = (
-    [(16, 16, 1), (16, 24, 1), (24, 24, 1), (24, 40, 2)] + [(40, 40, 1)] * 2 + [(40, 80, 2)]
-    + [(80, 80, 1)] * 3 + [(80, 160, 2)] + [(160, 160, 1)] * 4 + [(160, 320, 1)]
-)  # fmt: skip
+    [(16, 16, 1), (16, 24, 1), (24, 24, 1), (24, 40, 2)]
+    + [(40, 40, 1)] * 2
+    + [(40, 80, 2)]
+    + [(80, 80, 1)] * 3
+    + [(80, 160, 2)]
+    + [(160, 160, 1)] * 4
+    + [(160, 320, 1)]
+)
 
 
 def analytic_params(kind: str, classes: int = 100, experts: int = 4) -> int:
-    """Parameter count from SPEC section 2 by hand: the cross-check for the builder."""
+    """Parameter count from the paper's Table 1 and Figure 2 by hand: the cross-check for the
+    builder."""
     total = 3 * 16 * 9 + 2 * 16  # stem conv + BN
     for cin, cout, _ in PAPER_BLOCKS:
         inner = 4 * cin
@@ -62,7 +68,12 @@ def test_layers_match_spec_section_2(name):
     model = condnet.build_model(name)
     kind = name.removeprefix("paper-")
     stem = model.stem.conv
-    assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride) == (3, 16, (3, 3), (1, 1))
+    assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride) == (
+        3,
+        16,
+        (3, 3),
+        (1, 1),
+    )
     blocks = [b for stage in model.stages for b in stage]
     assert [(b.in_channels, b.out_channels, b.stride) for b in blocks] == PAPER_BLOCKS
     x = model.stem(torch.randn(1, 3, 56, 56))
@@ -74,9 +85,16 @@ def test_layers_match_spec_section_2(name):
         conv_type = CondConv2d if kind == "condconv" else nn.Conv2d
         expand, dw, project = block.expand.conv, block.depthwise.conv, block.project.conv
         for conv in (expand, dw, project):
-            assert type(conv) is conv_type and conv.padding == ((0, 0) if conv is not dw else (1, 1))
+            assert type(conv) is conv_type and conv.padding == (
+                (0, 0) if conv is not dw else (1, 1)
+            )
         assert (expand.in_channels, expand.out_channels, expand.groups) == (cin, inner, 1)
-        assert (dw.in_channels, dw.out_channels, dw.groups, dw.stride) == (inner, inner, inner, (stride,) * 2)
+        assert (dw.in_channels, dw.out_channels, dw.groups, dw.stride) == (
+            inner,
+            inner,
+            inner,
+            (stride,) * 2,
+        )
         assert (project.in_channels, project.out_channels, project.groups) == (inner, cout, 1)
         assert isinstance(block.project.act, nn.Identity)  # no activation after projecting
         assert isinstance(block.expand.act, nn.ReLU) and isinstance(block.depthwise.act, nn.ReLU)
@@ -85,7 +103,11 @@ def test_layers_match_spec_section_2(name):
         else:
             se = block.se
             assert isinstance(se, SqueezeExcite)
-            assert (se.fc1.in_features, se.fc1.out_features, se.fc2.out_features) == (inner, inner // 4, inner)
+            assert (se.fc1.in_features, se.fc1.out_features, se.fc2.out_features) == (
+                inner,
+                inner // 4,
+                inner,
+            )
             assert se.fc1.bias is not None and se.fc2.bias is not None
         if kind == "condconv":
             assert isinstance(block.routing, Routing)
@@ -128,11 +150,22 @@ def test_per_conv_routing():
 
 def test_overrides_reach_every_knob():
     spec = get_spec(
-        "paper-se", widths=[8, 8, 16, 16, 32, 32], repeats=[1, 1, 2, 1, 1, 1], strides=[1, 2, 1, 2, 1, 1],
-        expansion=6, kernel_size=5, block=["standard", "se", "condconv", "se", "condconv", "standard"],
-        se_ratio=8, num_experts=2, routing="conv", stem_stride=2, stem_channels=8, in_channels=1,
-        num_classes=10, head_channels=64,
-    )  # fmt: skip
+        "paper-se",
+        widths=[8, 8, 16, 16, 32, 32],
+        repeats=[1, 1, 2, 1, 1, 1],
+        strides=[1, 2, 1, 2, 1, 1],
+        expansion=6,
+        kernel_size=5,
+        block=["standard", "se", "condconv", "se", "condconv", "standard"],
+        se_ratio=8,
+        num_experts=2,
+        routing="conv",
+        stem_stride=2,
+        stem_channels=8,
+        in_channels=1,
+        num_classes=10,
+        head_channels=64,
+    )
     assert spec.stem.stride == 2 and spec.stem.channels == 8 and spec.in_channels == 1
     assert [s.block for s in spec.stages][2] == "condconv" and spec.stages[4].num_experts == 2
     model = condnet.CondNet(spec)
@@ -185,3 +218,45 @@ def test_overfits_a_small_batch(name):
         loss.backward()
         opt.step()
     assert loss.item() < 0.05
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        (
+            "paper-standard",
+            {"num_experts": 8},
+            r"num_experts: not used by block standard \(used by: condconv\)",
+        ),
+        ("paper-se", {"routing_activation": "softmax"}, "routing_activation: not used by block se"),
+        (
+            "paper-standard",
+            {"se_ratio": 8},
+            r"se_ratio: not used by block standard \(used by: condconv, se\)",
+        ),
+        (
+            "paper-se",
+            {"stages": [{"channels": 8, "repeats": 1, "block": "se", "routing": "conv"}]},
+            r"stages\[0\].routing: not used by block se",
+        ),
+    ],
+)
+def test_an_override_no_block_uses_is_an_error_naming_the_key(name, overrides, message):
+    with pytest.raises(CondnetError, match=message):
+        condnet.build_model(name, **overrides)
+
+
+def test_the_registry_says_what_each_block_uses():
+    assert [block_uses(b, "se_ratio") for b in ("standard", "se", "condconv")] == [
+        False,
+        True,
+        True,
+    ]
+    assert [block_uses(b, "num_experts") for b in ("standard", "se", "condconv")] == [
+        False,
+        False,
+        True,
+    ]
+    # A network mixing kinds takes an option that one of its kinds uses.
+    spec = get_spec("paper-standard", block=["standard"] * 5 + ["condconv"], num_experts=2)
+    assert spec.stages[5].num_experts == 2

@@ -12,12 +12,13 @@ import torch
 from deploy_helpers import CLASS_NAMES, EVAL_TRANSFORM, small_model, write_checkpoint
 from PIL import Image
 
-from condnet.bundle import Bundle, TransformSpec
 from condnet.cli import main
 from condnet.data.images import load_rgb
-from condnet.export import export_onnx
-from condnet.predict import Failure, Prediction, load_classifier, predict
-from condnet.weights import save_weights
+from condnet.data.transforms import TransformSpec
+from condnet.deploy.bundle import Bundle
+from condnet.deploy.export import export_onnx
+from condnet.deploy.predict import Failure, Prediction, load_classifier, predict
+from condnet.deploy.weights import save_weights
 
 
 def _gray16(picture: Image.Image) -> Image.Image:
@@ -81,8 +82,14 @@ def files(tmp_path_factory):
     bundle = Bundle(model, CLASS_NAMES, TransformSpec.from_dict(EVAL_TRANSFORM))
     save_weights(bundle, root / "model.safetensors")
     export_onnx(bundle, root / "model.onnx")
-    return {"images": root / "images", "pt": ckpt, "model": model, "root": root,
-            "safetensors": root / "model.safetensors", "onnx": root / "model.onnx"}  # fmt: skip
+    return {
+        "images": root / "images",
+        "pt": ckpt,
+        "model": model,
+        "root": root,
+        "safetensors": root / "model.safetensors",
+        "onnx": root / "model.onnx",
+    }
 
 
 def _run_json(capsys, *args):
@@ -104,7 +111,7 @@ def test_every_mode_decodes_and_folders_are_read_recursively_in_order(files, cap
     assert len({r["top"][0]["class"] for r in results}) > 1  # the images are told apart
     lines = err.splitlines()
     assert len(lines) == len(BROKEN)  # exactly one line per unreadable file
-    for line, name in zip(lines, BROKEN):
+    for line, name in zip(lines, BROKEN, strict=False):
         assert line.startswith("condnet predict: skipped ") and str(images / name) in line
 
 
@@ -128,9 +135,9 @@ def test_same_top5_from_checkpoint_weights_and_onnx(files, capsys):
         assert code == 1 and len(results) == len(GOOD)
         tops[kind] = [r["top"] for r in results]
     for kind in ("safetensors", "onnx"):
-        for got, want in zip(tops[kind], tops["pt"]):
+        for got, want in zip(tops[kind], tops["pt"], strict=False):
             assert [c["class"] for c in got] == [c["class"] for c in want]
-            for g, w in zip(got, want):
+            for g, w in zip(got, want, strict=False):
                 assert g["probability"] == pytest.approx(w["probability"], abs=1e-5)
 
 

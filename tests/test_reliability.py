@@ -1,4 +1,5 @@
-"""Bad input gets a clear error, faults lose nothing, nothing untrusted runs (issue 8)."""
+"""Bad input gets a clear error, faults lose nothing, nothing untrusted runs (the README's
+promises about data, faults and untrusted files)."""
 
 import errno
 import io
@@ -24,8 +25,9 @@ from condnet.data.cache import load_cached
 from condnet.data.images import BadImage, load_rgb
 from condnet.engine import checkpoint as ckpt_module
 from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from condnet.engine.evaluation import evaluate_checkpoint
 from condnet.engine.metrics import read_metrics
-from condnet.engine.trainer import evaluate_checkpoint, resume_config, train
+from condnet.engine.trainer import resume_config, train
 from condnet.errors import CondnetError
 from tests.helpers import tiny_array_split, tiny_config, write_imagefolder
 
@@ -99,8 +101,15 @@ def folder_with_bad_files(tmp_path: Path) -> Path:
 
 
 def image_config(root: Path, **overrides):
-    return tiny_config(**{"data.source": "imagefolder", "data.root": str(root), "data.resize": 20,
-                          "train.epochs": 1, **overrides})  # fmt: skip
+    return tiny_config(
+        **{
+            "data.source": "imagefolder",
+            "data.root": str(root),
+            "data.resize": 20,
+            "train.epochs": 1,
+            **overrides,
+        }
+    )
 
 
 def test_training_skips_unreadable_images_with_one_line_each(tmp_path, capfd):
@@ -117,7 +126,9 @@ def test_on_bad_image_error_stops_with_one_line(tmp_path, capfd):
     root = folder_with_bad_files(tmp_path)
     cfg = image_config(root, **{"data.on_bad_image": "error"})
     cfg.save(tmp_path / "cfg.yaml")
-    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")]) == 2
+    assert (
+        main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")]) == 2
+    )
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.on_bad_image=error" in err[0] and "Traceback" not in err[0]
 
@@ -152,13 +163,18 @@ def layout_error(tmp_path, capsys, make) -> str:
     "make, message",
     [
         (lambda r: (r / "train" / "empty").mkdir(), "empty class folder"),
-        (lambda r: (r / "val" / "zebra").mkdir() or (r / "val" / "cat" / "0.png").rename(r / "val" / "zebra" / "0.png"),
-         "class 'zebra' is not in"),
+        (
+            lambda r: (
+                (r / "val" / "zebra").mkdir()
+                or (r / "val" / "cat" / "0.png").rename(r / "val" / "zebra" / "0.png")
+            ),
+            "class 'zebra' is not in",
+        ),
         (lambda r: (r / "train" / "stray.jpg").write_bytes(b"x"), "files at the top"),
         (lambda r: __import__("shutil").rmtree(r / "val"), "validation folder not found"),
         (lambda r: [p.unlink() for p in (r / "train").rglob("*.*")], "empty class folder"),
     ],
-)  # fmt: skip
+)
 def test_bad_layout_is_one_line(tmp_path, capsys, make, message):
     assert message in layout_error(tmp_path, capsys, make)
 
@@ -166,7 +182,10 @@ def test_bad_layout_is_one_line(tmp_path, capsys, make, message):
 def test_no_images_at_all(tmp_path, capsys):
     (tmp_path / "data" / "train").mkdir(parents=True)
     (tmp_path / "data" / "val").mkdir()
-    assert main(["train", "--out", str(tmp_path / "run"), "--set", f"data.root={tmp_path / 'data'}"]) == 2
+    assert (
+        main(["train", "--out", str(tmp_path / "run"), "--set", f"data.root={tmp_path / 'data'}"])
+        == 2
+    )
     assert "no class folders" in capsys.readouterr().err
 
 
@@ -175,8 +194,15 @@ def test_class_list_naming_unknown_classes(tmp_path, capsys):
 
     root = write_imagenet64(tmp_path / "in64")
     (tmp_path / "c.txt").write_text("2\n999\n")
-    args = ["train", "--out", str(tmp_path / "run"), "--set", "data.source=imagenet64",
-            f"data.root={root}", f"data.classes={tmp_path / 'c.txt'}"]  # fmt: skip
+    args = [
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "data.source=imagenet64",
+        f"data.root={root}",
+        f"data.classes={tmp_path / 'c.txt'}",
+    ]
     assert main(args) == 2
     assert "class 999 has no training images" in capsys.readouterr().err
 
@@ -216,8 +242,12 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, capsys):
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "other.pt").write_text("weights? no, a text file\n")
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
-    for name, message in (("truncated.pt", "not a readable checkpoint"), ("other.pt", "not a readable checkpoint"),
-                          ("foreign.pt", "not a condnet checkpoint"), ("missing.pt", "not found")):  # fmt: skip
+    for name, message in (
+        ("truncated.pt", "not a readable checkpoint"),
+        ("other.pt", "not a readable checkpoint"),
+        ("foreign.pt", "not a condnet checkpoint"),
+        ("missing.pt", "not found"),
+    ):
         assert main(["evaluate", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, name
@@ -225,7 +255,9 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, capsys):
 
 def test_checkpoint_for_another_network_or_class_count(tmp_path, capsys):
     run = small_run(tmp_path)
-    assert main(["train", "--resume", str(run), "--set", "model.name=paper-se", "train.epochs=2"]) == 2
+    assert (
+        main(["train", "--resume", str(run), "--set", "model.name=paper-se", "train.epochs=2"]) == 2
+    )
     assert "model.name: cannot change on resume" in capsys.readouterr().err
     assert main(["evaluate", str(run / "last.pt"), "--set", "data.synthetic_classes=7"]) == 2
     assert "the data has 7 classes, the checkpoint 4" in capsys.readouterr().err
@@ -271,9 +303,15 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_full_disk_during_training_is_one_clear_error(tmp_path, monkeypatch):
     run = small_run(tmp_path, **{"train.epochs": 2})
     before = load_checkpoint(run / "last.pt")["epoch"]
-    monkeypatch.setattr(ckpt_module.torch, "save", lambda obj, f: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    monkeypatch.setattr(
+        ckpt_module.torch,
+        "save",
+        lambda obj, f: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")),
+    )
     cfg = resume_config(run, {"train.epochs": 3})
-    with pytest.raises(CondnetError, match="No space left on device.*previous checkpoint is intact"):
+    with pytest.raises(
+        CondnetError, match="No space left on device.*previous checkpoint is intact"
+    ):
         train(cfg, run, resume=True, progress=False)
     monkeypatch.undo()
     assert load_checkpoint(run / "last.pt")["epoch"] == before
@@ -284,7 +322,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(CondnetError, match="training loss became (nan|inf)"):
         train(cfg, tmp_path / "run", progress=False)
     state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["epoch"] == -1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state["epoch"] == -1 and all(
+        torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+    )
 
 
 # --- the tensor pipeline's cache --------------------------------------------------------------
@@ -321,8 +361,9 @@ FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
         (cache_module, "_on_canvas", 5, KeyboardInterrupt()),  # Ctrl-C half-way
     ],
 )
-def test_cache_build_stopped_is_never_taken_as_complete(tmp_path, monkeypatch, owner, name,
-                                                        call, fault):  # fmt: skip
+def test_cache_build_stopped_is_never_taken_as_complete(
+    tmp_path, monkeypatch, owner, name, call, fault
+):
     split, folder = tiny_array_split(), tmp_path / "cache"
     monkeypatch.setattr(owner, name, failing_at(call, fault, getattr(owner, name)))
     with pytest.raises((CondnetError, KeyboardInterrupt)) as stopped:
@@ -354,8 +395,12 @@ cache.load_cached(tiny_array_split(), Path(sys.argv[1]), 16, 16)
 def test_cache_build_killed_is_rebuilt_and_cleaned(tmp_path, monkeypatch, stage):
     folder = tmp_path / "cache"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(folder), stage], cwd=ROOT,
-                            stdout=subprocess.PIPE, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_BUILD, str(folder), stage],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
     assert proc.stdout.readline() == b"building\n"
     proc.kill()
     proc.wait()
@@ -379,7 +424,8 @@ import sys, torch
 from condnet.engine.checkpoint import save_checkpoint
 i = 0
 while True:
-    save_checkpoint({"model": {"w": torch.full((400_000,), float(i))}, "model_spec": {}, "class_names": [str(i)]}, sys.argv[1])
+    state = {"model": {"w": torch.full((400_000,), float(i))}, "model_spec": {}}
+    save_checkpoint({**state, "class_names": [str(i)]}, sys.argv[1])
     i += 1
     print(i, flush=True)
 """
@@ -388,25 +434,37 @@ while True:
 def test_kill_9_during_saves_never_leaves_an_unreadable_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
     for delay in (0.3, 0.45, 0.6):
-        proc = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(path)], stdout=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SAVE_LOOP, str(path)], stdout=subprocess.PIPE
+        )
         proc.stdout.readline()  # at least one save finished
         time.sleep(delay)
         proc.kill()
         proc.wait()
         state = load_checkpoint(path)
-        assert torch.equal(state["model"]["w"], torch.full((400_000,), float(state["class_names"][0])))
+        assert torch.equal(
+            state["model"]["w"], torch.full((400_000,), float(state["class_names"][0]))
+        )
 
 
 def run_cli(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "condnet.cli", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "condnet.cli", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_epochs(run: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= count:
+        if (run / "metrics.jsonl").exists() and len(
+            (run / "metrics.jsonl").read_text().splitlines()
+        ) >= count:
             return
         time.sleep(0.05)
     raise AssertionError(f"run did not reach {count} epochs")
@@ -438,6 +496,14 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, uninterrupted, how):
     proc = run_cli(["train", "--resume", str(run)])
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    full, resumed = load_checkpoint(uninterrupted / "full" / "last.pt"), load_checkpoint(run / "last.pt")
+    full, resumed = (
+        load_checkpoint(uninterrupted / "full" / "last.pt"),
+        load_checkpoint(run / "last.pt"),
+    )
     assert all(torch.equal(full["model"][k], resumed["model"][k]) for k in full["model"])
-    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [
+        0,
+        1,
+        2,
+        3,
+    ]

@@ -9,9 +9,12 @@ from condnet.cli import main
 from condnet.config import load_config
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.trainer import train
-from condnet.report.build import MODELS, build_report
-from condnet.reproduce import reproduce
+from condnet.models import list_models
+from condnet.report.build import build_report
+from condnet.reproduce import block_config, reproduce
 from tests.helpers import tiny_config
+
+MODELS = list_models(paper_order=True)
 
 
 @pytest.fixture
@@ -25,14 +28,21 @@ def test_reproduce_trains_three_blocks_and_reports(tmp_path, tiny_yaml, capsys):
     out = tmp_path / "out"
     path, rows = reproduce(tiny_yaml, out, progress=False)
     assert [r["model"] for r in rows] == MODELS
-    for name, row in zip(MODELS, rows):
+    for name, row in zip(MODELS, rows, strict=False):
         metrics = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
         assert load_checkpoint(out / name / "last.pt")["config"]["model"]["name"] == name
         assert row["final_top1"] == metrics[-1]["val_top1"]
         assert row["best_top1"] == max(m["val_top1"] for m in metrics)
         assert row["train_seconds"] == pytest.approx(sum(m["epoch_seconds"] for m in metrics))
     report = path.read_text()
-    for heading in ("## Table 3", "## Figure 5", "## Table 4", "### paper-condconv", "git commit", "seed: 0"):
+    for heading in (
+        "## Table 3",
+        "## Figure 5",
+        "## Table 4",
+        "### paper-condconv",
+        "git commit",
+        "seed: 0",
+    ):
         assert heading in report
     assert "| paper-se | 2 |" in report and "74.04" in report and "not reported" in report
     assert "CondConv kernel mixing" in report  # condconv's complete account
@@ -49,8 +59,17 @@ def test_reproduce_trains_three_blocks_and_reports(tmp_path, tiny_yaml, capsys):
 def test_reproduce_resumes_unfinished_and_skips_finished(tmp_path, tiny_yaml, monkeypatch):
     out = tmp_path / "out"
     cfg = tiny_config(**{"train.epochs": 2})
-    train(tiny_config(**{"train.epochs": 2, "model.name": "paper-standard"}), out / "paper-standard", progress=False)
-    train(tiny_config(**{"train.epochs": 2, "model.name": "paper-se"}), out / "paper-se", progress=False, stop_after=1)
+    train(
+        tiny_config(**{"train.epochs": 2, "model.name": "paper-standard"}),
+        out / "paper-standard",
+        progress=False,
+    )
+    train(
+        tiny_config(**{"train.epochs": 2, "model.name": "paper-se"}),
+        out / "paper-se",
+        progress=False,
+        stop_after=1,
+    )
     finished = (out / "paper-standard" / "last.pt").stat().st_mtime_ns
     calls = []
     real_train = train
@@ -63,7 +82,10 @@ def test_reproduce_resumes_unfinished_and_skips_finished(tmp_path, tiny_yaml, mo
     reproduce(tiny_yaml, out, progress=False)
     assert calls == [("paper-se", True), ("paper-condconv", False)]
     assert (out / "paper-standard" / "last.pt").stat().st_mtime_ns == finished
-    epochs = [json.loads(x)["epoch"] for x in (out / "paper-se" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(x)["epoch"]
+        for x in (out / "paper-se" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert epochs == [0, 1] and cfg.train.epochs == 2
     calls.clear()
     reproduce(tiny_yaml, out, progress=False)
@@ -81,12 +103,20 @@ def test_report_notes_miniature_eval_subset_and_routing(tmp_path):
     tiny_config(**overrides).save(path)
     report, _ = reproduce(path, tmp_path / "out", progress=False)
     text = report.read_text()
-    assert "A miniature of the paper's recipe (synthetic; crop 16, resize 20, epochs 3, batch_size 32)" in text
+    assert (
+        "A miniature of the paper's recipe (synthetic; crop 16, resize 20, epochs 3, batch_size 32)"
+        in text
+    )
     assert "fixed class-balanced subset of 8 validation images" in text and "(48 images)" in text
     assert "paper-condconv trains its routers unlike the paper's text: routing_lr_scale=0.5" in text
     assert "paper-se trains its routers" not in text
-    metrics = [json.loads(x) for x in (tmp_path / "out" / "paper-se" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["val_images"] for m in metrics] == [8, 8, 48] and {m["train_images"] for m in metrics} == {192}
+    metrics = [
+        json.loads(x)
+        for x in (tmp_path / "out" / "paper-se" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [m["val_images"] for m in metrics] == [8, 8, 48] and {
+        m["train_images"] for m in metrics
+    } == {192}
 
 
 def test_reproduce_side_by_side_trains_each_block_in_its_own_process(tmp_path, tiny_yaml, capsys):
@@ -96,7 +126,8 @@ def test_reproduce_side_by_side_trains_each_block_in_its_own_process(tmp_path, t
     for name in MODELS:
         assert f"[{name}] epoch 2/2" in printed
         assert load_checkpoint(out / name / "last.pt")["epoch"] == 1
-        assert load_config(out / name / "config.yaml").run.threads == 1  # tiny_config sets one thread
+        # tiny_config sets one thread
+        assert load_config(out / name / "config.yaml").run.threads == 1
     assert [r["model"] for r in rows] == MODELS and not list(out.glob(".*.yaml"))
 
 
@@ -114,7 +145,10 @@ def test_precision_and_device_are_recorded_per_run(tmp_path):
     train(tiny_config(**{"train.epochs": 1}), tmp_path / "paper-standard", progress=False)
     record = json.loads((tmp_path / "paper-standard" / "metrics.jsonl").read_text())
     assert record["precision"] == "fp32" and record["device"].startswith("CPU: ")  # no CUDA here
-    assert load_checkpoint(tmp_path / "paper-standard" / "last.pt")["metrics"][0]["precision"] == "fp32"
+    assert (
+        load_checkpoint(tmp_path / "paper-standard" / "last.pt")["metrics"][0]["precision"]
+        == "fp32"
+    )
     path, _ = build_report(tmp_path, ["paper-standard"])
     report = path.read_text()
     assert f"| paper-standard | 1 | fp32 | {record['device']} |" in report
@@ -145,3 +179,11 @@ def test_amp_off_on_cuda_is_exact_fp32(monkeypatch):
         torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
     cpu = Runtime(torch.device("cpu"), Dist(rank=0, world=2), amp=True, channels_last=False)
     assert cpu.record()["precision"] == "bf16 autocast" and cpu.record()["device"].endswith(" x 2")
+
+
+def test_a_shared_model_override_reaches_the_blocks_that_use_it():
+    overrides = {"model.overrides.num_experts": 8, "model.overrides.widths": 8}
+    standard = block_config({"model": {"overrides": {"se_ratio": 2}}}, overrides, "paper-standard")
+    condconv = block_config({"model": {"overrides": {"se_ratio": 2}}}, overrides, "paper-condconv")
+    assert standard.model.overrides == {"widths": 8}
+    assert condconv.model.overrides == {"se_ratio": 2, "num_experts": 8, "widths": 8}

@@ -7,15 +7,22 @@ from deploy_helpers import SMALL, small_model
 from helpers import tiny_config
 
 import condnet
-from condnet.bundle import Bundle, TransformSpec
 from condnet.config import TrainConfig
+from condnet.data.transforms import TransformSpec
+from condnet.deploy.bundle import Bundle
+from condnet.deploy.export import check_onnx, export_onnx
+from condnet.deploy.weights import save_weights
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.schedule import routing_lr_factor, routing_temperature_at
-from condnet.engine.trainer import apply_schedule, build_network, make_optimizer, resume_config, train
+from condnet.engine.trainer import (
+    apply_schedule,
+    build_network,
+    make_optimizer,
+    resume_config,
+    train,
+)
 from condnet.errors import CondnetError
-from condnet.export import check_onnx, export_onnx
 from condnet.models.condconv import Routing
-from condnet.weights import save_weights
 
 OPTIONS = [("sigmoid", 1.0), ("sigmoid", 7.0), ("softmax", 1.0), ("softmax", 7.0)]
 
@@ -36,7 +43,11 @@ def test_routing_against_its_formula(activation, temperature):
     router.temperature.fill_(temperature)
     x = torch.randn(3, 6, 5, 5)
     logits = (x.mean((2, 3)) @ router.fc.weight.T + router.fc.bias) / temperature
-    expected = torch.sigmoid(logits) if activation == "sigmoid" else torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True)
+    expected = (
+        torch.sigmoid(logits)
+        if activation == "sigmoid"
+        else torch.exp(logits) / torch.exp(logits).sum(1, keepdim=True)
+    )
     torch.testing.assert_close(router(x), expected)
     if activation == "softmax":
         torch.testing.assert_close(router(x).sum(1), torch.ones(3))
@@ -55,8 +66,12 @@ def test_high_temperature_makes_routing_uniform():
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
 def test_block_c_with_each_activation_against_per_example_kernels(activation):
     """Block C end to end: its CondConvs mix each example's kernels from the router's weights."""
-    model = condnet.build_model("paper-condconv", num_classes=3, routing_activation=activation,
-                                **{"widths": 8, "repeats": 1, "head_channels": 16})  # fmt: skip
+    model = condnet.build_model(
+        "paper-condconv",
+        num_classes=3,
+        routing_activation=activation,
+        **{"widths": 8, "repeats": 1, "head_channels": 16},
+    )
     block = model.stages[1][0].eval()
     set_temperature(block, 3.0)
     x = torch.randn(4, 8, 6, 6)
@@ -65,9 +80,13 @@ def test_block_c_with_each_activation_against_per_example_kernels(activation):
 
     def cond(unit, inp, act=True):
         outs = []
-        for xi, ri in zip(inp, r):
+        for xi, ri in zip(inp, r, strict=False):
             w = (ri[:, None, None, None, None] * unit.conv.weight).sum(0)
-            outs.append(F.conv2d(xi[None], w, None, unit.conv.stride, unit.conv.padding, groups=unit.conv.groups))
+            outs.append(
+                F.conv2d(
+                    xi[None], w, None, unit.conv.stride, unit.conv.padding, groups=unit.conv.groups
+                )
+            )
         return unit.act(unit.bn(torch.cat(outs)))
 
     with torch.no_grad():
@@ -83,18 +102,27 @@ def test_unknown_activation_is_one_line_error():
 @pytest.mark.parametrize("activation, temperature", OPTIONS)
 @pytest.mark.parametrize("routing", ["block", "conv"])
 def test_fuse_is_exact_with_each_option(activation, temperature, routing):
-    model = set_temperature(small_model("condconv", routing=routing, routing_activation=activation), temperature)
+    model = set_temperature(
+        small_model("condconv", routing=routing, routing_activation=activation), temperature
+    )
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(condnet.fuse(model)(x), model(x), rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(condnet.prepare_inference(model)(x), model(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            condnet.prepare_inference(model)(x), model(x), rtol=1e-4, atol=1e-4
+        )
 
 
 @pytest.mark.parametrize("activation, temperature", OPTIONS)
 def test_onnx_is_exact_with_each_option(activation, temperature, tmp_path):
     model = set_temperature(small_model("condconv", routing_activation=activation), temperature)
     path = tmp_path / "m.onnx"
-    export_onnx(Bundle(model, [str(i) for i in range(model.num_classes)], TransformSpec(resize=40, crop=32)), path)
+    export_onnx(
+        Bundle(
+            model, [str(i) for i in range(model.num_classes)], TransformSpec(resize=40, crop=32)
+        ),
+        path,
+    )
     differences = check_onnx(path, model, batches=(1, 7, 64))
     assert max(differences.values()) <= 1e-4
 
@@ -111,18 +139,32 @@ def test_temperature_travels_with_the_weights(tmp_path):
 
 
 def test_routing_schedules():
-    cfg = TrainConfig(routing_temperature=30.0, routing_anneal_epochs=10.0, routing_warmup_epochs=4.0)
-    assert routing_temperature_at(0, cfg) == 30.0 and routing_temperature_at(5, cfg) == pytest.approx(15.5)
+    cfg = TrainConfig(
+        routing_temperature=30.0, routing_anneal_epochs=10.0, routing_warmup_epochs=4.0
+    )
+    assert routing_temperature_at(0, cfg) == 30.0 and routing_temperature_at(
+        5, cfg
+    ) == pytest.approx(15.5)
     assert routing_temperature_at(10, cfg) == 1.0 and routing_temperature_at(40, cfg) == 1.0
-    assert routing_lr_factor(0, cfg) == 0.0 and routing_lr_factor(1, cfg) == 0.25 and routing_lr_factor(9, cfg) == 1.0
+    assert (
+        routing_lr_factor(0, cfg) == 0.0
+        and routing_lr_factor(1, cfg) == 0.25
+        and routing_lr_factor(9, cfg) == 1.0
+    )
     plain = TrainConfig()
     assert routing_temperature_at(0, plain) == 1.0 and routing_lr_factor(0, plain) == 1.0
 
 
 def test_apply_schedule_sets_rates_and_temperature():
-    cfg = tiny_config(**{"model.name": "paper-condconv", "train.routing_lr_scale": 0.5,
-                         "train.routing_warmup_epochs": 2.0, "train.routing_temperature": 9.0,
-                         "train.routing_anneal_epochs": 2.0})  # fmt: skip
+    cfg = tiny_config(
+        **{
+            "model.name": "paper-condconv",
+            "train.routing_lr_scale": 0.5,
+            "train.routing_warmup_epochs": 2.0,
+            "train.routing_temperature": 9.0,
+            "train.routing_anneal_epochs": 2.0,
+        }
+    )
     model = build_network(cfg, 4)
     optimizer = make_optimizer(model, cfg)
     lr = apply_schedule(model, optimizer, 1.0, cfg.train)
@@ -133,14 +175,27 @@ def test_apply_schedule_sets_rates_and_temperature():
 
 @pytest.mark.parametrize("per_step", [False, True])
 def test_resume_is_bit_identical_with_routing_schedules(tmp_path, per_step):
-    cfg = tiny_config(**{"model.name": "paper-condconv", "model.overrides.routing_activation": "softmax",
-                         "train.routing_temperature": 20.0, "train.routing_anneal_epochs": 2.0,
-                         "train.routing_warmup_epochs": 1.5, "train.lr_per_step": per_step})  # fmt: skip
+    cfg = tiny_config(
+        **{
+            "model.name": "paper-condconv",
+            "model.overrides.routing_activation": "softmax",
+            "train.routing_temperature": 20.0,
+            "train.routing_anneal_epochs": 2.0,
+            "train.routing_warmup_epochs": 1.5,
+            "train.lr_per_step": per_step,
+        }
+    )
     train(cfg, tmp_path / "full", progress=False)
     train(cfg, tmp_path / "part", progress=False, stop_after=1)
-    assert load_checkpoint(tmp_path / "part" / "last.pt")["model"]["stages.0.0.routing.temperature"] > 1
+    assert (
+        load_checkpoint(tmp_path / "part" / "last.pt")["model"]["stages.0.0.routing.temperature"]
+        > 1
+    )
     train(resume_config(tmp_path / "part"), tmp_path / "part", resume=True, progress=False)
-    full, part = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
+    full, part = (
+        load_checkpoint(tmp_path / "full" / "last.pt"),
+        load_checkpoint(tmp_path / "part" / "last.pt"),
+    )
     assert all(torch.equal(full["model"][k], part["model"][k]) for k in full["model"])
     assert [m["val_loss"] for m in full["metrics"]] == [m["val_loss"] for m in part["metrics"]]
 

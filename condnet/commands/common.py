@@ -1,12 +1,27 @@
-"""Helpers shared by subcommands."""
+"""Helpers shared by subcommands: the one `--set KEY=VALUE` option and its parsing."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import argparse
+from collections.abc import Sequence
+from typing import Any
 
 import yaml
 
+from condnet.config import MODEL_OVERRIDES
 from condnet.errors import CondnetError
+
+
+def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
+    """`--set KEY=VALUE ...`: dotted config keys (values read as YAML), in every command."""
+    parser.add_argument(
+        "--set",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"dotted config override, e.g. {example}",
+    )
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
@@ -21,3 +36,22 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             raise CondnetError(f"--set {key}: cannot read value {text!r}") from None
     return result
+
+
+def parse_model_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """The model overrides of a command that builds a model alone (profile, bench): only
+    ``model.overrides.KEY=VALUE`` applies; returns {KEY: value}."""
+    overrides = {}
+    for key, value in parse_assignments(items).items():
+        if not key.startswith(MODEL_OVERRIDES):
+            hint = f" (write {MODEL_OVERRIDES}{key}=...)" if "." not in key else ""
+            raise CondnetError(
+                f"--set {key}: this command takes {MODEL_OVERRIDES}KEY=VALUE only{hint}"
+            )
+        overrides[key.removeprefix(MODEL_OVERRIDES)] = value
+    return overrides
+
+
+def short_assignments(items: Sequence[str]) -> list[str]:
+    """``model.overrides.KEY=VALUE`` as ``KEY=VALUE``, for a header line."""
+    return [item.removeprefix(MODEL_OVERRIDES) for item in items]

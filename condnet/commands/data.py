@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from condnet.commands.common import parse_assignments
+from condnet.commands.common import add_set_option, parse_assignments
 from condnet.config import load_config
 from condnet.data.prepare import prepare_imagenet
 
@@ -21,14 +21,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(run=run_prepare)
     c = tasks.add_parser("cache", help="decode a config's data into the tensor pipeline's cache")
     c.add_argument("--config", help="YAML config (default: the paper recipe)")
-    c.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. data.root=/data/in100 data.num_workers=8")
+    add_set_option(c, "data.root=/data/in100 data.num_workers=8")
     c.set_defaults(run=run_cache)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    counts = prepare_imagenet(args.src, args.dst, args.classes, args.workers, args.size)
-    print(f"written {counts['written']}, already there {counts['skipped']}, failed {counts['failed']}")
+    counts = prepare_imagenet(
+        args.src, args.dst, args.classes, workers=args.workers, size=args.size
+    )
+    print(
+        f"written {counts['written']}, already there {counts['skipped']}, failed {counts['failed']}"
+    )
     return 1 if counts["failed"] else 0
 
 
@@ -37,6 +40,8 @@ def run_cache(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, parse_assignments(args.set))
     for name, (folder, cached) in build_caches(cfg, progress=sys.stderr.isatty()).items():
-        print(f"{name}: {len(cached)} images {cached.images.shape[1]}x{cached.images.shape[2]}, "
-              f"{len(cached.skipped)} unreadable left out, in {folder}")  # fmt: skip
+        print(
+            f"{name}: {len(cached)} images {cached.images.shape[1]}x{cached.images.shape[2]}, "
+            f"{len(cached.skipped)} unreadable left out, in {folder}"
+        )
     return 0

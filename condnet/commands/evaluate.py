@@ -3,16 +3,15 @@
 import argparse
 import json
 
-from condnet.commands.common import parse_assignments
-from condnet.engine.trainer import evaluate_checkpoint
+from condnet.commands.common import add_set_option, parse_assignments
+from condnet.engine.evaluation import evaluate_checkpoint
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on its validation set")
     p.add_argument("checkpoint", help="a checkpoint file, or a run folder (uses its last.pt)")
     p.add_argument("--data", metavar="ROOT", help="evaluate on this data.root instead")
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="dotted config override, e.g. data.source=imagefolder")
+    add_set_option(p, "data.source=imagefolder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
 
@@ -25,7 +24,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['checkpoint']} (epoch {result['epoch'] + 1}): loss {result['loss']:.4f}  "
-              f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
-              f"({result['count']} images, {result['precision']} on {result['device']})")
+        print(
+            f"{result['checkpoint']} (epoch {result['epoch'] + 1}): loss {result['loss']:.4f}  "
+            f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
+            f"({result['count']} images, {result['precision']} on {result['device']})"
+        )
     return 0

@@ -2,25 +2,35 @@
 
 import argparse
 
+from condnet.deploy.export import CHECK_BATCHES, CHECK_TOLERANCE, OPSET, check_onnx, export_onnx
+from condnet.deploy.model_file import read_bundle
+from condnet.deploy.weights import WEIGHTS_SUFFIX, save_weights
 from condnet.errors import CondnetError
-from condnet.export import CHECK_BATCHES, CHECK_TOLERANCE, OPSET, check_onnx, export_onnx
-from condnet.weights import WEIGHTS_SUFFIX, read_bundle, save_weights
 
 MAX_OPSET = 20  # the TorchScript exporter's newest
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX and/or safetensors weights")
-    p.add_argument("checkpoint", metavar="CKPT",
-                   help="a checkpoint (.pt file or run folder) or a .safetensors weights file")
+    p.add_argument(
+        "checkpoint",
+        metavar="CKPT",
+        help="a checkpoint (.pt file or run folder) or a .safetensors weights file",
+    )
     p.add_argument("--onnx", metavar="FILE", help="write an ONNX model (BN folded, dynamic batch)")
-    p.add_argument("--weights", metavar="FILE.safetensors",
-                   help="write the weights with the spec, class names and eval transform")
-    p.add_argument("--check", action="store_true",
-                   help="compare ONNX Runtime with PyTorch at batch "
-                   + ", ".join(map(str, CHECK_BATCHES)))
-    p.add_argument("--opset", type=int, default=OPSET,
-                   help=f"ONNX opset, {OPSET}-{MAX_OPSET} ({OPSET})")
+    p.add_argument(
+        "--weights",
+        metavar="FILE.safetensors",
+        help="write the weights with the spec, class names and eval transform",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="compare ONNX Runtime with PyTorch at batch " + ", ".join(map(str, CHECK_BATCHES)),
+    )
+    p.add_argument(
+        "--opset", type=int, default=OPSET, help=f"ONNX opset, {OPSET}-{MAX_OPSET} ({OPSET})"
+    )
     p.set_defaults(run=run)
 
 
@@ -47,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     worst = max(differences.values())
     verdict = "ok" if worst <= CHECK_TOLERANCE else "FAILED"
     per_batch = ", ".join(f"batch {b}: {d:.2e}" for b, d in differences.items())
-    print(f"check: max abs logit difference, ONNX Runtime vs PyTorch: {per_batch}; "
-          f"{verdict} (tolerance {CHECK_TOLERANCE:.0e})")
+    print(
+        f"check: max abs logit difference, ONNX Runtime vs PyTorch: {per_batch}; "
+        f"{verdict} (tolerance {CHECK_TOLERANCE:.0e})"
+    )
     return 0 if worst <= CHECK_TOLERANCE else 1

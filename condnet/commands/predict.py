@@ -4,15 +4,19 @@ import argparse
 import json
 import sys
 
+from condnet.deploy.predict import Failure, format_prediction, load_classifier, predict
 from condnet.errors import CondnetError
-from condnet.predict import Failure, format_prediction, load_classifier, predict
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images with a checkpoint, weights or ONNX file")
     p.add_argument("model", metavar="MODEL", help="a checkpoint (.pt), .safetensors or .onnx file")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
-                   help="image files, or folders read recursively in sorted order")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE_OR_DIR",
+        help="image files, or folders read recursively in sorted order",
+    )
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
     p.add_argument("--json", action="store_true", help="one JSON object per image and line")

@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from condnet.commands.common import parse_assignments
+from condnet.commands.common import add_set_option, parse_model_overrides
 from condnet.complexity import format_profile, profile
 from condnet.errors import CondnetError
 from condnet.models import build_model
@@ -12,8 +12,9 @@ from condnet.models import build_model
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="MACs and coefficients per layer (paper Table 4)")
     p.add_argument("--model", default="paper-standard", help="preset name (see `condnet models`)")
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="model override, e.g. kernel_size=5 or widths=[16,24,40,80,160,320]")
+    add_set_option(
+        p, "model.overrides.kernel_size=5 or model.overrides.widths=[16,24,40,80,160,320]"
+    )
     p.add_argument("--resolution", type=int, default=56, help="input height and width (56)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.resolution < 1:
         raise CondnetError(f"--resolution: expected a positive integer, got {args.resolution}")
-    overrides = parse_assignments(args.set)
+    overrides = parse_model_overrides(args.set)
     model = build_model(args.model, **overrides)
     name = args.model + "".join(f" {k}={v}" for k, v in overrides.items())
     prof = profile(model, args.resolution, name if overrides else None)

@@ -2,7 +2,7 @@
 
 import argparse
 
-from condnet.commands.common import parse_assignments
+from condnet.commands.common import add_set_option, parse_assignments
 from condnet.errors import CondnetError
 from condnet.report.build import build_report, table3_text
 from condnet.reproduce import reproduce
@@ -12,11 +12,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="train the three blocks, then write the report")
     p.add_argument("--config", required=True, help="YAML config shared by the three runs")
     p.add_argument("--out", required=True, help="output folder: OUT/<model>/ and OUT/report.md")
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="dotted override for all three runs")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="train N blocks side by side, each in its own process with its share of "
-                        "the CPU threads (default 1: one after another)")
+    add_set_option(p, "train.epochs=3 (for all three runs)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N blocks side by side, each in its own process with its share of "
+        "the CPU threads (default 1: one after another)",
+    )
     p.set_defaults(run=run_reproduce)
     p = sub.add_parser("report", help="(re)build OUT/report.md from finished runs")
     p.add_argument("out", help="the folder given to reproduce --out")

@@ -8,7 +8,9 @@ from condnet.report.routing import plot_by_class, plot_training, routing_records
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("routing", help="figures of a CondConv run's routing (from its routing.jsonl)")
+    p = sub.add_parser(
+        "routing", help="figures of a CondConv run's routing (from its routing.jsonl)"
+    )
     p.add_argument("run_dir", help="a run folder of a CondConv network")
     p.add_argument("--out", help="folder for the figures (default: the run folder)")
     p.set_defaults(run=run)
@@ -19,7 +21,11 @@ def run(args: argparse.Namespace) -> int:
     records = routing_records(folder)
     out = Path(args.out) if args.out else folder
     out.mkdir(parents=True, exist_ok=True)
-    names = load_checkpoint(folder / "last.pt").get("class_names", []) if (folder / "last.pt").is_file() else []
+    names = (
+        load_checkpoint(folder / "last.pt").get("class_names", [])
+        if (folder / "last.pt").is_file()
+        else []
+    )
     print(routing_table(records))
     print(f"figure: {plot_by_class(records, out / 'routing-classes.png', names)}")
     if any(r["phase"] == "train" for r in records):

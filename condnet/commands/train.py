@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from condnet.commands.common import parse_assignments
+from condnet.commands.common import add_set_option, parse_assignments
 from condnet.config import load_config
 from condnet.engine.trainer import resume_config, train
 from condnet.errors import CondnetError
@@ -12,12 +12,15 @@ from condnet.errors import CondnetError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a network (config file + overrides)")
     p.add_argument("--config", help="YAML config (default: the paper recipe, configs/paper-*.yaml)")
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. train.epochs=3 model.name=paper-se")
+    add_set_option(p, "train.epochs=3 model.name=paper-se")
     p.add_argument("--out", help="output folder (metrics, checkpoints, resolved config)")
     p.add_argument("--resume", metavar="OUT", help="continue the run in OUT where it stopped")
-    p.add_argument("--stop-after", type=int, metavar="N",
-                   help="stop after N epochs in all (resume later with --resume)")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="N",
+        help="stop after N epochs in all (resume later with --resume)",
+    )
     p.set_defaults(run=run)
 
 

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 TRIES = 10  # torchvision's RandomResizedCrop attempts before its fallback
 
 
-def sample_boxes(sizes: torch.Tensor, scale: Sequence[float], ratio: Sequence[float],
-                 generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+def sample_boxes(
+    sizes: torch.Tensor, scale: Sequence[float], ratio: Sequence[float], generator: torch.Generator
+) -> torch.Tensor:
     """Per image a crop box (top, left, height, width) by torchvision's RandomResizedCrop rule.
 
     Up to 10 draws of an area fraction in `scale` and a log-uniform aspect ratio in `ratio`;
@@ -29,8 +30,9 @@ def sample_boxes(sizes: torch.Tensor, scale: Sequence[float], ratio: Sequence[fl
     central crop of the whole image with its aspect ratio clamped into `ratio`. `sizes` is
     N x 2 (height, width); the result is N x 4, float64 holding integers.
     """
-    draws = torch.rand(sizes.shape[0], 2 * TRIES + 2, generator=generator, device=sizes.device,
-                       dtype=torch.float64)  # fmt: skip
+    draws = torch.rand(
+        sizes.shape[0], 2 * TRIES + 2, generator=generator, device=sizes.device, dtype=torch.float64
+    )
     height, width = sizes[:, :1].double(), sizes[:, 1:].double()
     area = height * width * (scale[0] + (scale[1] - scale[0]) * draws[:, :TRIES])
     low, high = math.log(ratio[0]), math.log(ratio[1])
@@ -55,13 +57,17 @@ def sample_boxes(sizes: torch.Tensor, scale: Sequence[float], ratio: Sequence[fl
         torch.floor(draws[:, -2:-1] * (height - h + 1)),
         torch.div(height - h, 2, rounding_mode="floor"),
     )
-    left = torch.where(found, torch.floor(draws[:, -1:] * (width - w + 1)),
-                       torch.div(width - w, 2, rounding_mode="floor"))  # fmt: skip
+    left = torch.where(
+        found,
+        torch.floor(draws[:, -1:] * (width - w + 1)),
+        torch.div(width - w, 2, rounding_mode="floor"),
+    )
     return torch.cat([top, left, h, w], 1)
 
 
-def resized_crops(images: torch.Tensor, boxes: torch.Tensor, crop: int,
-                  flip: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def resized_crops(
+    images: torch.Tensor, boxes: torch.Tensor, crop: int, flip: torch.Tensor
+) -> torch.Tensor:
     """Each image's box resized to crop x crop, mirrored left-right where `flip`.
 
     `images` is N x C x H x W float. Output pixel u samples the box at
@@ -71,16 +77,20 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, crop: int,
     top, left, h, w = boxes.unbind(1)
     sign = 1.0 - 2.0 * flip.double()
     zero = torch.zeros_like(top)
-    theta = torch.stack([
-        torch.stack([sign * w / width, zero, (2 * left + w) / width - 1], 1),
-        torch.stack([zero, h / height, (2 * top + h) / height - 1], 1),
-    ], 1).to(images.dtype)  # fmt: skip
+    theta = torch.stack(
+        [
+            torch.stack([sign * w / width, zero, (2 * left + w) / width - 1], 1),
+            torch.stack([zero, h / height, (2 * top + h) / height - 1], 1),
+        ],
+        1,
+    ).to(images.dtype)
     grid = F.affine_grid(theta, [count, channels, crop, crop], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def center_crops(images: torch.Tensor, index: torch.Tensor, sizes: torch.Tensor,
-                 crop: int) -> torch.Tensor:  # fmt: skip
+def center_crops(
+    images: torch.Tensor, index: torch.Tensor, sizes: torch.Tensor, crop: int
+) -> torch.Tensor:
     """images[index] center-cropped to crop x crop (N x crop x crop x 3, the input's dtype).
 
     Offsets as torchvision's CenterCrop: round((size - crop) / 2), halves to even. `sizes` are

@@ -64,12 +64,16 @@ def cache_folder(cfg: DataConfig, split: str, seed: int) -> Path:
     """The folder of one split's cache: named by what selects the split, so that every run and
     model over the same data shares it; the manifest's fingerprint catches changed files."""
     identity = {
-        "split": split, "seed": seed, "resize": cfg.resize, "crop": cfg.crop,
-        "source": cfg.source, "classes": cfg.classes and str(Path(cfg.classes).resolve()),
+        "split": split,
+        "seed": seed,
+        "resize": cfg.resize,
+        "crop": cfg.crop,
+        "source": cfg.source,
+        "classes": cfg.classes and str(Path(cfg.classes).resolve()),
         "root": cfg.root and str(Path(cfg.root).resolve()),
         "subset": cfg.train_subset if split == "train" else cfg.val_subset,
         "synthetic": [cfg.synthetic_images, cfg.synthetic_classes, cfg.synthetic_size],
-    }  # fmt: skip
+    }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return (Path(cfg.cache) if cfg.cache else default_root()) / f"{cfg.source}-{split}-{digest}"
 
@@ -99,9 +103,17 @@ def fingerprint(split: Split, size: int, longest: int) -> str:
 
 
 def load_cached(
-    split: Split, folder: Path, size: int, crop: int, on_bad_image: str = "skip",
-    workers: int = 0, progress: bool = False, report: bool = True, build: bool = True,
-) -> CachedSplit:  # fmt: skip
+    split: Split,
+    folder: Path,
+    size: int,
+    crop: int,
+    *,
+    on_bad_image: str = "skip",
+    workers: int = 0,
+    progress: bool = False,
+    report: bool = True,
+    build: bool = True,
+) -> CachedSplit:
     """The split's cache in `folder`, built first when missing, stale or incomplete.
 
     Unreadable files are left out with one warning line each (`on_bad_image="error"`: the first
@@ -125,11 +137,15 @@ def load_cached(
         time.sleep(1)
         cached = _open(folder, key)
     if cached.skipped and on_bad_image == "error":  # left out by an earlier build
-        raise CondnetError(f"{cached.skipped[0]} (data.on_bad_image=error; "
-                           f"left out of the cache in {folder})")  # fmt: skip
+        raise CondnetError(
+            f"{cached.skipped[0]} (data.on_bad_image=error; left out of the cache in {folder})"
+        )
     if cached.skipped and report and not built:
-        print(f"warning: {folder}: {len(cached.skipped)} unreadable images were left out "
-              f"(listed in {MANIFEST})", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: {folder}: {len(cached.skipped)} unreadable images were left out "
+            f"(listed in {MANIFEST})",
+            file=sys.stderr,
+        )
     return cached
 
 
@@ -161,8 +177,16 @@ def _build_lock(folder: Path) -> Iterator[None]:
         yield
 
 
-def _build(split: Split, folder: Path, size: int, longest: int, key: str, on_bad_image: str,
-           workers: int, progress: bool) -> None:  # fmt: skip
+def _build(
+    split: Split,
+    folder: Path,
+    size: int,
+    longest: int,
+    key: str,
+    on_bad_image: str,
+    workers: int,
+    progress: bool,
+) -> None:
     """Write the cache's files, the manifest last, under the build lock. Until the manifest is
     renamed into place the folder reads as incomplete, whatever stops the build (kill -9, a
     full disk, Ctrl-C); the next build removes what a killed one left."""
@@ -171,30 +195,49 @@ def _build(split: Split, folder: Path, size: int, longest: int, key: str, on_bad
     for stale in folder.glob(".*.tmp"):  # a killed builder's files: no live builder holds the lock
         stale.unlink(missing_ok=True)
     canvas = _canvas(split, size, longest)
-    decoded = tqdm(_decoded(split, size, longest, workers), total=len(split), disable=not progress,
-                   desc=f"caching {folder.name}", leave=False, dynamic_ncols=True)  # fmt: skip
+    decoded = tqdm(
+        _decoded(split, size, longest, workers),
+        total=len(split),
+        disable=not progress,
+        desc=f"caching {folder.name}",
+        leave=False,
+        dynamic_ncols=True,
+    )
     found = []  # what the decoding kept: filled in by the images' writer
     try:
-        write_atomically(folder / "images.npy",
-                         lambda tmp: found.append(_decode_into(tmp, decoded, len(split), canvas,
-                                                               on_bad_image)))  # fmt: skip
+        write_atomically(
+            folder / "images.npy",
+            lambda tmp: found.append(_decode_into(tmp, decoded, len(split), canvas, on_bad_image)),
+        )
         sizes, kept, skipped = found[0]
         labels = np.asarray(split.labels, dtype=np.int64)[kept]
         write_atomically(folder / "sizes.npy", partial(_save_npy, array=sizes))
         write_atomically(folder / "labels.npy", partial(_save_npy, array=labels))
-        manifest = {"version": VERSION, "fingerprint": key, "count": len(kept), "size": size,
-                    "long_side": longest, "canvas": list(canvas), "skipped": skipped}  # fmt: skip
+        manifest = {
+            "version": VERSION,
+            "fingerprint": key,
+            "count": len(kept),
+            "size": size,
+            "long_side": longest,
+            "canvas": list(canvas),
+            "skipped": skipped,
+        }
         text = json.dumps(manifest, indent=1)
         write_atomically(folder / MANIFEST, lambda tmp: Path(tmp).write_text(text))
     except OSError as err:
-        raise CondnetError(f"{folder}: cannot write the cache ({err.strerror or err}); "
-                           "free space there or set data.cache to another folder") from None
+        raise CondnetError(
+            f"{folder}: cannot write the cache ({err.strerror or err}); "
+            "free space there or set data.cache to another folder"
+        ) from None
 
 
 def _decode_into(
-    path: str, decoded: Iterable[np.ndarray | str], count: int, canvas: tuple[int, int],
+    path: str,
+    decoded: Iterable[np.ndarray | str],
+    count: int,
+    canvas: tuple[int, int],
     on_bad_image: str,
-) -> tuple[np.ndarray, list[int], list[str]]:  # fmt: skip
+) -> tuple[np.ndarray, list[int], list[str]]:
     """Write the `count` `decoded` images to an images.npy at `path`, each on `canvas`; returns
     the kept images' sizes, their indices in the split, and the unreadable files' messages."""
     images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, *canvas, 3))
@@ -244,8 +287,9 @@ def _decoded(split: Split, size: int, longest: int, workers: int) -> Iterator[np
         return
     # spawn: a forked child of a process that has run torch's OpenMP threads can hang.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
-                             initargs=(1,)) as pool:  # fmt: skip
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)
+    ) as pool:
         yield from pool.map(decode, split.images, chunksize=64)
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from condnet.config import DataConfig
 from condnet.data import sources
 from condnet.data.images import BadImage, load_rgb
 from condnet.data.sources import Split
-from condnet.data.transforms import eval_transform, train_transform
+from condnet.data.transforms import TransformSpec, train_transform
 from condnet.errors import CondnetError
 
 
@@ -61,7 +61,9 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split]:
     """Read the configured source and take the configured class-balanced subsets."""
     root = Path(cfg.root) if cfg.root else None
     if cfg.source == "synthetic":
-        train, val = sources.make_synthetic(cfg.synthetic_images, cfg.synthetic_classes, cfg.synthetic_size, seed)
+        train, val = sources.make_synthetic(
+            cfg.synthetic_images, cfg.synthetic_classes, cfg.synthetic_size, seed
+        )
     elif cfg.source == "fashion-mnist":
         train, val = sources.read_fashion_mnist(root or Path(sources.FASHION_MNIST_ROOT))
     elif root is None:
@@ -96,9 +98,13 @@ def balanced_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 def make_datasets(cfg: DataConfig, train: Split, val: Split) -> tuple[SplitDataset, SplitDataset]:
     mean, std = cfg.mean, cfg.std
-    train_tf = train_transform(cfg.crop, cfg.scale, cfg.ratio, cfg.hflip, mean, std)
-    eval_tf = eval_transform(cfg.resize, cfg.crop, mean, std)
-    return SplitDataset(train, train_tf, cfg.on_bad_image), SplitDataset(val, eval_tf, cfg.on_bad_image)
+    train_tf = train_transform(
+        cfg.crop, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, mean=mean, std=std
+    )
+    eval_tf = TransformSpec.from_config(cfg).build()
+    return SplitDataset(train, train_tf, cfg.on_bad_image), SplitDataset(
+        val, eval_tf, cfg.on_bad_image
+    )
 
 
 class ShardSampler(Sampler[int]):
@@ -114,8 +120,16 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, shuffle: bool,
-                generator: torch.Generator | None, workers: int, drop_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    sampler: Sampler | None,
+    shuffle: bool,
+    generator: torch.Generator | None,
+    workers: int,
+    drop_last: bool = False,
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,

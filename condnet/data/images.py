@@ -37,7 +37,8 @@ def load_rgb(path: str | Path) -> Image.Image:
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         raise BadImage(f"{path}: refused as a decompression bomb ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise BadImage(f"{path}: cannot decode ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BadImage(f"{path}: cannot decode ({reason})") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -1,8 +1,8 @@
-"""Build the paper's 64-px layout from a full ImageNet tree (SPEC section 6).
+"""Build the paper's 64-px layout from a full ImageNet tree (the README's Training section).
 
 SRC/{train,val}/<class>/<image> -> DST/{train,val}/<class>/<image>, short side resized to 64,
 only the classes named in the class file. Parallel, resumable (existing outputs are skipped,
-and every output is written to a temporary name first), with a progress bar.
+and every output is written atomically: `condnet.files.write_atomically`), with a progress bar.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from condnet.data.images import BadImage, is_image_file, load_rgb
 from condnet.errors import CondnetError
+from condnet.files import write_atomically
 
 
 def read_class_names(path: Path) -> list[str]:
@@ -37,7 +38,9 @@ def plan(src: Path, dst: Path, classes: list[str]) -> tuple[list[tuple[Path, Pat
         for name in classes:
             folder = src / split / name
             if not folder.is_dir():
-                raise CondnetError(f"{folder}: class {name!r} not found; expected SRC/{split}/<class>/")
+                raise CondnetError(
+                    f"{folder}: class {name!r} not found; expected SRC/{split}/<class>/"
+                )
             for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
                 target = dst / split / name / (path.stem + ".png")
                 if target.exists():
@@ -61,13 +64,13 @@ def convert_one(job: tuple[Path, Path], size: int = 64) -> str | None:
     except BadImage as err:
         return str(err)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, target)
+    write_atomically(target, lambda tmp: image.save(tmp, format="PNG"))
     return None
 
 
-def prepare_imagenet(src: Path, dst: Path, classes_file: Path, workers: int = 0, size: int = 64) -> dict:
+def prepare_imagenet(
+    src: Path, dst: Path, classes_file: Path, *, workers: int = 0, size: int = 64
+) -> dict:
     """Convert what is missing; returns counts of written, skipped (already there) and failed."""
     if size < 1:
         raise CondnetError(f"--size: expected a positive number of pixels, got {size}")
@@ -78,7 +81,9 @@ def prepare_imagenet(src: Path, dst: Path, classes_file: Path, workers: int = 0,
     workers = workers or os.cpu_count() or 1
     with ProcessPoolExecutor(workers) as pool:
         results = pool.map(convert_one, jobs, [size] * len(jobs), chunksize=64)
-        for error in tqdm(results, total=len(jobs), desc="prepare", disable=not sys.stderr.isatty()):
+        for error in tqdm(
+            results, total=len(jobs), desc="prepare", disable=not sys.stderr.isatty()
+        ):
             if error:
                 print(f"warning: skipped {error}", file=sys.stderr)
                 failed.append(error)

@@ -42,4 +42,6 @@ def load_pickle(path: Path) -> Any:
     except pickle.UnpicklingError as err:
         raise CondnetError(f"{path}: refused to unpickle: {err}") from None
     except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
-        raise CondnetError(f"{path}: not a readable pickle batch ({type(err).__name__}: {err})") from None
+        raise CondnetError(
+            f"{path}: not a readable pickle batch ({type(err).__name__}: {err})"
+        ) from None

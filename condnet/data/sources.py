@@ -14,8 +14,18 @@ from condnet.data.safe_pickle import load_pickle
 from condnet.errors import CondnetError
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 @dataclass
@@ -29,8 +39,12 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def take(self, indices: np.ndarray) -> "Split":
-        images = self.images[indices] if isinstance(self.images, np.ndarray) else [self.images[i] for i in indices]
+    def take(self, indices: np.ndarray) -> Split:
+        images = (
+            self.images[indices]
+            if isinstance(self.images, np.ndarray)
+            else [self.images[i] for i in indices]
+        )
         return Split(images, self.labels[indices], self.class_names)
 
 
@@ -121,7 +135,11 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _find_batches(root: Path, stem: str) -> list[Path]:
-    found = sorted(p for p in root.iterdir() if p.name == stem or p.name.startswith(stem) and p.suffix in ("", ".npz", ".pkl", ".pickle"))
+    found = sorted(
+        p
+        for p in root.iterdir()
+        if p.name == stem or p.name.startswith(stem) and p.suffix in ("", ".npz", ".pkl", ".pickle")
+    )
     if not found:
         raise CondnetError(f"{root}: no {stem}* batches; expected the Imagenet64x64 files")
     return found
@@ -170,7 +188,9 @@ def read_imagenet64(root: Path, classes: Path | None) -> tuple[Split, Split]:
     train, val = split("train_data_batch"), split("val_data")
     missing = sorted(set(range(len(wanted))) - set(train.labels.tolist()))
     if missing:
-        raise CondnetError(f"{classes}: class {wanted[missing[0]]} has no training images in {root}")
+        raise CondnetError(
+            f"{classes}: class {wanted[missing[0]]} has no training images in {root}"
+        )
     return train, val
 
 
@@ -208,10 +228,13 @@ def _download_cifar(root: Path, num_classes: int) -> None:
 
     dataset = CIFAR10 if num_classes == 10 else CIFAR100
     try:
-        utils.download_and_extract_archive(dataset.url, str(root), filename=dataset.filename,
-                                           md5=dataset.tgz_md5)  # fmt: skip
+        utils.download_and_extract_archive(
+            dataset.url, str(root), filename=dataset.filename, md5=dataset.tgz_md5
+        )
     except (OSError, RuntimeError) as err:  # no network, a full disk, a corrupted archive
-        raise CondnetError(f"data.download: cannot fetch {dataset.url} into {root} ({err})") from None
+        raise CondnetError(
+            f"data.download: cannot fetch {dataset.url} into {root} ({err})"
+        ) from None
 
 
 # --- Fashion-MNIST: IDX files (optionally gzipped) --------------------------------------------
@@ -230,7 +253,9 @@ def read_idx(path: Path) -> np.ndarray:
     except (OSError, struct.error, EOFError) as err:
         raise CondnetError(f"{path}: not a readable IDX file ({err})") from None
     if data.size != int(np.prod(shape)):
-        raise CondnetError(f"{path}: truncated IDX file ({data.size} of {int(np.prod(shape))} values)")
+        raise CondnetError(
+            f"{path}: truncated IDX file ({data.size} of {int(np.prod(shape))} values)"
+        )
     return data.reshape(shape)
 
 
@@ -268,6 +293,8 @@ def make_synthetic(images: int, classes: int, size: int, seed: int) -> tuple[Spl
         stripes = np.sin(freq[labels, None] * coords[None, :])[:, None, :, None] * 40
         noise = rng.normal(0, 20, size=(n, size, size, 3))
         pixels = colours[labels][:, None, None, :] + stripes + noise
-        return Split(np.clip(pixels, 0, 255).astype(np.uint8), labels, [f"class {i}" for i in range(classes)])
+        return Split(
+            np.clip(pixels, 0, 255).astype(np.uint8), labels, [f"class {i}" for i in range(classes)]
+        )
 
     return split(images), split(max(classes, images // 4))

@@ -38,8 +38,9 @@ class DeviceSplit:
         return self.labels.shape[0]
 
     @classmethod
-    def from_cache(cls, cached: CachedSplit, device: torch.device, rank: int = 0,
-                   world: int = 1) -> DeviceSplit:  # fmt: skip
+    def from_cache(
+        cls, cached: CachedSplit, device: torch.device, rank: int = 0, world: int = 1
+    ) -> DeviceSplit:
         """This rank's shard (images rank, rank + world, ...), copied to `device` once.
 
         The unreadable-file messages go to rank 0 alone, so that a sum over ranks counts each once.
@@ -61,9 +62,16 @@ class TensorLoader:
     -100 rows (the loss ignores them; `evaluate` counts only the others).
     """
 
-    def __init__(self, split: DeviceSplit, batch_size: int, cfg: DataConfig,
-                 generator: torch.Generator | None = None, channels_last: bool = False,
-                 length: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        split: DeviceSplit,
+        batch_size: int,
+        cfg: DataConfig,
+        generator: torch.Generator | None = None,
+        *,
+        channels_last: bool = False,
+        length: int | None = None,
+    ) -> None:
         self.split, self.cfg, self.generator = split, cfg, generator
         self.length = len(split) if length is None else min(length, len(split))
         self.batch = min(batch_size, self.length) if generator is not None else batch_size

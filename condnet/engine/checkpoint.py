@@ -1,7 +1,17 @@
-"""Checkpoints: written atomically, read without unpickling arbitrary objects.
+"""Checkpoints: one schema, written atomically, read without unpickling arbitrary objects.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that
 `torch.load(weights_only=True)` can read it: a file that would run code on load is refused.
+`checkpoint_state` builds it, with these keys:
+
+- ``format_version``: `FORMAT_VERSION`; a file without the key is format 1, the same keys
+  before the version was recorded;
+- ``model`` and ``model_spec``: the state dict and the `NetSpec` (`rebuild_model` makes the
+  network from them), ``class_names``, and ``eval_transform`` (a `TransformSpec`; a file
+  without one gets the paper's): all that deployment reads;
+- the trainer's: ``config``, ``optimizer``, ``epoch`` (the last finished one, -1 before the
+  first), ``rng``, ``metrics``, ``best_top1``, ``resumes`` (settings changed on resume) and
+  ``versions`` (condnet and torch).
 """
 
 from __future__ import annotations
@@ -9,37 +19,67 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from condnet.errors import CondnetError
-from condnet.files import fsync_dir
+from condnet.config import Config
+from condnet.data.transforms import TransformSpec
+from condnet.errors import CondnetError, first_line
+from condnet.files import write_atomically
 from condnet.models import CondNet, NetSpec
+from condnet.version import __version__
 
+FORMAT_KEY = "format_version"
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 1: written before the key existed
 REQUIRED_KEYS = ("model", "model_spec", "class_names")
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write `state` to `path` atomically: a temporary file in the same folder, fsync, rename.
+def checkpoint_state(
+    model: CondNet,
+    class_names: Sequence[str],
+    *,
+    eval_transform: TransformSpec | None = None,
+    config: Config | None = None,
+    optimizer: dict[str, Any] | None = None,
+    epoch: int | None = None,
+    rng: dict[str, Any] | None = None,
+    metrics: list[dict[str, Any]] | None = None,
+    best_top1: float | None = None,
+    resumes: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint of `model` as the trainer writes it; keys given as None are left out."""
+    state = {
+        FORMAT_KEY: FORMAT_VERSION,
+        "model": model.state_dict(),
+        "model_spec": model.spec.to_dict(),
+        "optimizer": optimizer,
+        "epoch": epoch,
+        "rng": rng,
+        "config": config.to_dict() if config is not None else None,
+        "class_names": list(class_names),
+        "eval_transform": eval_transform.to_dict() if eval_transform is not None else None,
+        "metrics": metrics,
+        "best_top1": best_top1,
+        "resumes": resumes,
+        "versions": {"condnet": __version__, "torch": str(torch.__version__)},
+    }
+    return {key: value for key, value in state.items() if value is not None}
 
-    A crash at any moment leaves either the previous file or the new one, never a torn one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write `state` to `path` atomically (`condnet.files.write_atomically`): a crash at any
+    moment leaves either the previous file or the new one, never a torn one."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+
+    write_atomically(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -54,28 +94,48 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL (\S+)", str(err))
         if not found:
-            raise CondnetError(f"{path}: not a readable checkpoint ({_first_line(err)})") from None
+            raise CondnetError(f"{path}: not a readable checkpoint ({first_line(err)})") from None
         raise CondnetError(
             f"{path}: refused to load: it holds objects other than tensors and plain data "
             f"(it names {found.group(1)})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CondnetError(f"{path}: not a readable checkpoint (truncated or another format): {_first_line(err)}") from None
+        raise CondnetError(
+            f"{path}: not a readable checkpoint (truncated or another format): {first_line(err)}"
+        ) from None
+    if isinstance(state, dict) and state.get(FORMAT_KEY, 1) not in READABLE_FORMATS:
+        raise CondnetError(
+            f"{path}: unknown checkpoint {FORMAT_KEY} {state[FORMAT_KEY]!r} "
+            f"(condnet {__version__} reads {' and '.join(map(str, READABLE_FORMATS))})"
+        )
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
-        raise CondnetError(f"{path}: not a condnet checkpoint (expected keys {', '.join(REQUIRED_KEYS)})")
+        raise CondnetError(
+            f"{path}: not a condnet checkpoint (expected keys {', '.join(REQUIRED_KEYS)})"
+        )
     return state
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
-
-
-def model_from_checkpoint(state: dict[str, Any]) -> CondNet:
-    """Rebuild the network recorded in a checkpoint and load its weights (eval mode)."""
-    model = CondNet(NetSpec.from_dict(state["model_spec"]))
+def rebuild_model(
+    spec: NetSpec | Mapping[str, Any], weights: Mapping[str, torch.Tensor], mismatch: str
+) -> CondNet:
+    """The network of `spec` (or of its `to_dict()`) with `weights` loaded, in eval mode: how a
+    checkpoint or a weights file becomes a model. Weights that do not fit are a one-line error
+    beginning with `mismatch`."""
+    model = CondNet(spec if isinstance(spec, NetSpec) else NetSpec.from_dict(spec))
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as err:
-        raise CondnetError(f"checkpoint weights do not fit its model spec: {_first_line(err)}") from None
+        raise CondnetError(f"{mismatch}: {first_line(err)}") from None
     return model.eval()
+
+
+def model_from_checkpoint(state: Mapping[str, Any]) -> CondNet:
+    """Rebuild the network recorded in a checkpoint and load its weights (eval mode)."""
+    return rebuild_model(
+        state["model_spec"], state["model"], "checkpoint weights do not fit its model spec"
+    )
+
+
+def checkpoint_transform(state: Mapping[str, Any]) -> TransformSpec:
+    """The checkpoint's eval transform (the paper's when it has none)."""
+    return TransformSpec.from_dict(state.get("eval_transform"))

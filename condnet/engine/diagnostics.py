@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,18 @@ from condnet.models.condconv import CondConv2d, Routing
 
 LOW, HIGH = 0.05, 0.95
 VAL_KEYS = ("mean", "std", "example_std", "low", "high", "entropy")
-TRAIN_KEYS = ("mean", "low", "high", "entropy", "grad_ratio_routing", "grad_ratio_experts",
-              "kernel_norm_mean", "kernel_norm_min", "bn_var_min", "bn_var_max")  # fmt: skip
+TRAIN_KEYS = (
+    "mean",
+    "low",
+    "high",
+    "entropy",
+    "grad_ratio_routing",
+    "grad_ratio_experts",
+    "kernel_norm_mean",
+    "kernel_norm_min",
+    "bn_var_min",
+    "bn_var_max",
+)
 
 
 @dataclass
@@ -52,10 +63,17 @@ class BlockProbe:
 def _blocks_with_routing(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The registered blocks of `model` that hold routers (else each module owning routers)."""
     kinds = tuple(BLOCKS.values())
-    found = [(n, m) for n, m in model.named_modules()
-             if isinstance(m, kinds) and any(isinstance(c, Routing) for c in m.modules())]  # fmt: skip
+    found = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, kinds) and any(isinstance(c, Routing) for c in m.modules())
+    ]
     if not found:  # a model of the user's own: each module owning routers directly
-        found = [(n, m) for n, m in model.named_modules() if any(isinstance(c, Routing) for c in m.children())]
+        found = [
+            (n, m)
+            for n, m in model.named_modules()
+            if any(isinstance(c, Routing) for c in m.children())
+        ]
     return found
 
 
@@ -74,12 +92,24 @@ def routing_figures(weights: Tensor, num_experts: int) -> Tensor:
     """[mean, low, high, entropy] of routing weights (batch, routers * experts), on the device."""
     grouped = weights.float().reshape(weights.shape[0], -1, num_experts)
     share = grouped / grouped.sum(-1, keepdim=True).clamp_min(1e-12)
-    entropy = -(share * share.clamp_min(1e-12).log()).sum(-1) / math.log(num_experts) if num_experts > 1 else share[..., 0] * 0 + 1
-    return torch.stack([weights.mean(), (weights < LOW).float().mean(), (weights > HIGH).float().mean(), entropy.mean()])
+    entropy = (
+        -(share * share.clamp_min(1e-12).log()).sum(-1) / math.log(num_experts)
+        if num_experts > 1
+        else share[..., 0] * 0 + 1
+    )
+    return torch.stack(
+        [
+            weights.mean(),
+            (weights < LOW).float().mean(),
+            (weights > HIGH).float().mean(),
+            entropy.mean(),
+        ]
+    )
 
 
 def mixed_kernel_norms(layer: CondConv2d, weights: Tensor) -> Tensor:
-    """Per example, ``||sum_m r_m W_m|| / sqrt(mean_m ||W_m||^2)``, from the experts' Gram matrix."""
+    """Per example, ``||sum_m r_m W_m|| / sqrt(mean_m ||W_m||^2)``, from the experts' Gram
+    matrix."""
     experts = layer.weight.detach().float().reshape(layer.num_experts, -1)
     gram = experts @ experts.T
     squared = torch.einsum("nm,mk,nk->n", weights.float(), gram, weights.float())
@@ -91,8 +121,12 @@ def grad_to_weight(params: list[Tensor]) -> Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    grad = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-    weight = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in params]))
+    grad = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+    )
+    weight = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in params])
+    )
     return grad / weight.clamp_min(1e-30)
 
 
@@ -138,16 +172,28 @@ class RoutingMonitor:
     def _train_row(self, block: BlockProbe) -> Tensor:
         weights = block.weights()
         m = self.num_experts
-        norms = torch.stack([mixed_kernel_norms(conv, weights[:, i * m:(i + 1) * m]) for conv, i in block.convs])
+        norms = torch.stack(
+            [mixed_kernel_norms(conv, weights[:, i * m : (i + 1) * m]) for conv, i in block.convs]
+        )
         variances = torch.cat([bn.running_var.detach().float() for bn in block.norms])
         router_params = [p for r in block.routers for p in r.parameters()]
         expert_params = [conv.weight for conv, _ in block.convs]
         device = weights.device
-        return torch.cat([
-            routing_figures(weights, m),
-            torch.stack([grad_to_weight(router_params).to(device), grad_to_weight(expert_params).to(device),
-                         norms.mean(), norms.min(), variances.min().to(device), variances.max().to(device)]),
-        ])  # fmt: skip
+        return torch.cat(
+            [
+                routing_figures(weights, m),
+                torch.stack(
+                    [
+                        grad_to_weight(router_params).to(device),
+                        grad_to_weight(expert_params).to(device),
+                        norms.mean(),
+                        norms.min(),
+                        variances.min().to(device),
+                        variances.max().to(device),
+                    ]
+                ),
+            ]
+        )
 
     # Validation side -------------------------------------------------------------------------
 
@@ -156,13 +202,16 @@ class RoutingMonitor:
         for block in self.blocks:
             width = len(block.routers) * self.num_experts
             device = block.routers[0].fc.weight.device
-            self._val.append({
-                "sum": torch.zeros(width, device=device, dtype=torch.float64),
-                "squares": torch.zeros(width, device=device, dtype=torch.float64),
-                "figures": torch.zeros(4, device=device, dtype=torch.float64),  # summed per example
-                "per_class": torch.zeros(self.num_classes, width, device=device, dtype=torch.float64),
-                "class_count": torch.zeros(self.num_classes, device=device, dtype=torch.float64),
-            })  # fmt: skip
+            zeros = partial(torch.zeros, device=device, dtype=torch.float64)
+            self._val.append(
+                {
+                    "sum": zeros(width),
+                    "squares": zeros(width),
+                    "figures": zeros(4),  # summed per example
+                    "per_class": zeros(self.num_classes, width),
+                    "class_count": zeros(self.num_classes),
+                }
+            )
 
     def observe_eval(self, labels: Tensor) -> None:
         """After a validation forward pass: add its routing weights (rows labelled < 0 ignored)."""
@@ -172,7 +221,7 @@ class RoutingMonitor:
         labels = labels[keep]
         if labels.numel() == 0:
             return
-        for block, acc in zip(self.blocks, self._val):
+        for block, acc in zip(self.blocks, self._val, strict=True):
             weights = block.weights()[keep].double()
             acc["sum"] += weights.sum(0)
             acc["squares"] += (weights * weights).sum(0)
@@ -186,8 +235,15 @@ class RoutingMonitor:
         `reduce(tensor)` sums a validation accumulator over processes (DDP); the one host copy
         of the epoch happens here.
         """
-        records = [{"phase": "train", "epoch": epoch, "step": step,
-                    "blocks": self._block_dicts(rows.tolist(), TRAIN_KEYS)} for step, rows in self._train]  # fmt: skip
+        records = [
+            {
+                "phase": "train",
+                "epoch": epoch,
+                "step": step,
+                "blocks": self._block_dicts(rows.tolist(), TRAIN_KEYS),
+            }
+            for step, rows in self._train
+        ]
         self._train = []
         if self._val is not None:
             records.append(self._val_record(epoch, reduce))
@@ -196,7 +252,7 @@ class RoutingMonitor:
 
     def _val_record(self, epoch: int, reduce: Any) -> dict[str, Any]:
         blocks, per_class = [], []
-        for block, acc in zip(self.blocks, self._val):
+        for block, acc in zip(self.blocks, self._val, strict=True):
             if reduce is not None:
                 acc = {key: reduce(value) for key, value in acc.items()}
             count = acc["class_count"].sum().clamp_min(1)
@@ -205,16 +261,26 @@ class RoutingMonitor:
             overall_mean = means.mean()
             overall_std = ((acc["squares"] / count).mean() - overall_mean**2).clamp_min(0).sqrt()
             figures = (acc["figures"] / count).tolist()
-            blocks.append({
-                "block": block.name, "mean": overall_mean.item(), "std": overall_std.item(),
-                "example_std": example_std.mean().item(), "low": figures[1], "high": figures[2],
-                "entropy": figures[3], "expert_means": means.tolist(),
-            })  # fmt: skip
+            blocks.append(
+                {
+                    "block": block.name,
+                    "mean": overall_mean.item(),
+                    "std": overall_std.item(),
+                    "example_std": example_std.mean().item(),
+                    "low": figures[1],
+                    "high": figures[2],
+                    "entropy": figures[3],
+                    "expert_means": means.tolist(),
+                }
+            )
             per_class.append((acc["per_class"] / acc["class_count"][:, None].clamp_min(1)).tolist())
         return {"phase": "val", "epoch": epoch, "blocks": blocks, "per_class": per_class}
 
     def _block_dicts(self, rows: list[list[float]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
-        return [{"block": block.name, **dict(zip(keys, row))} for block, row in zip(self.blocks, rows)]
+        return [
+            {"block": block.name, **dict(zip(keys, row, strict=True))}
+            for block, row in zip(self.blocks, rows, strict=True)
+        ]
 
 
 def routed_experts(model: nn.Module) -> list[tuple[Routing, list[Tensor]]]:

@@ -30,48 +30,76 @@ Data = SplitDataset | DeviceSplit
 Loader = DataLoader | TensorLoader
 
 
-def split_data(cfg: Config, rt: Runtime, split: Split, name: str, progress: bool = False) -> Data:
+def split_data(
+    cfg: Config, rt: Runtime, split: Split, name: str, *, progress: bool = False
+) -> Data:
     """`split` ("train" or "val") ready for `train_loader` or `eval_loader`."""
     if cfg.data.pipeline == "torchvision":
         train_set, val_set = make_datasets(cfg.data, split, split)
         return train_set if name == "train" else val_set
     # Rank 0 builds the cache when it is missing or stale; the others wait for it.
     main = rt.dist.main
-    _, cached = _cached(cfg, split, name, progress and main, build=main)
+    _, cached = _cached(cfg, split, name, progress=progress and main, build=main)
     return DeviceSplit.from_cache(cached, rt.device, rt.dist.rank, rt.dist.world)
 
 
-def _cached(cfg: Config, split: Split, name: str, progress: bool,
-            build: bool = True) -> tuple[Path, CachedSplit]:  # fmt: skip
+def _cached(
+    cfg: Config, split: Split, name: str, *, progress: bool, build: bool = True
+) -> tuple[Path, CachedSplit]:
     """The cache folder of split `name` and its contents (built there first when `build`)."""
     d = cfg.data
     folder = cache_folder(d, name, cfg.run.seed)
-    return folder, load_cached(split, folder, d.resize, d.crop, d.on_bad_image, d.num_workers,
-                               progress, build, build)  # fmt: skip
+    return folder, load_cached(
+        split,
+        folder,
+        d.resize,
+        d.crop,
+        on_bad_image=d.on_bad_image,
+        workers=d.num_workers,
+        progress=progress,
+        report=build,
+        build=build,
+    )
 
 
 def build_caches(cfg: Config, progress: bool = False) -> dict[str, tuple[Path, CachedSplit]]:
     """Both splits decoded into the tensor pipeline's cache now, as a run of `cfg` would on
     its start (reused when current): {"train": (folder, cache), "val": (folder, cache)}."""
-    splits = zip(("train", "val"), load_splits(cfg.data, cfg.run.seed))
-    return {name: _cached(cfg, split, name, progress) for name, split in splits}
+    splits = zip(("train", "val"), load_splits(cfg.data, cfg.run.seed), strict=True)
+    return {name: _cached(cfg, split, name, progress=progress) for name, split in splits}
 
 
-def train_loader(cfg: Config, data: Data, rt: Runtime, epoch: int,
-                 generator: torch.Generator) -> Loader:  # fmt: skip
+def train_loader(
+    cfg: Config, data: Data, rt: Runtime, epoch: int, generator: torch.Generator
+) -> Loader:
     """One epoch of this rank's training batches, its order and augmentation from `generator`."""
     per_rank = cfg.train.batch_size // rt.dist.world
     if isinstance(data, DeviceSplit):
         # Every rank takes as many images as the smallest shard holds: the same step count.
         device_generator = torch.Generator(rt.device).manual_seed(generator.initial_seed())
         length = data.total // rt.dist.world
-        return TensorLoader(data, per_rank, cfg.data, device_generator, rt.channels_last, length)
+        return TensorLoader(
+            data,
+            per_rank,
+            cfg.data,
+            device_generator,
+            channels_last=rt.channels_last,
+            length=length,
+        )
     sampler = None
     if rt.dist.enabled:
         sampler = DistributedSampler(data, rt.dist.world, rt.dist.rank, seed=cfg.run.seed)
         sampler.set_epoch(epoch)
     drop_last = len(data) // rt.dist.world >= per_rank
-    return make_loader(data, per_rank, sampler, True, generator, cfg.data.num_workers, drop_last)
+    return make_loader(
+        data,
+        per_rank,
+        sampler=sampler,
+        shuffle=True,
+        generator=generator,
+        workers=cfg.data.num_workers,
+        drop_last=drop_last,
+    )
 
 
 def eval_loader(cfg: Config, data: Data, rt: Runtime) -> Loader:
@@ -81,7 +109,14 @@ def eval_loader(cfg: Config, data: Data, rt: Runtime) -> Loader:
             data, cfg.train.eval_batch_size, cfg.data, channels_last=rt.channels_last
         )
     sampler = ShardSampler(len(data), rt.dist.rank, rt.dist.world)
-    return make_loader(data, cfg.train.eval_batch_size, sampler, False, None, cfg.data.num_workers)
+    return make_loader(
+        data,
+        cfg.train.eval_batch_size,
+        sampler=sampler,
+        shuffle=False,
+        generator=None,
+        workers=cfg.data.num_workers,
+    )
 
 
 def eval_subset(data: Data, size: int, seed: int) -> Data:
@@ -89,9 +124,14 @@ def eval_subset(data: Data, size: int, seed: int) -> Data:
     if isinstance(data, DeviceSplit):
         if size >= len(data):
             return data
-        keep = torch.from_numpy(balanced_indices(data.labels.cpu().numpy(), size, seed)).to(data.labels.device)
+        keep = torch.from_numpy(balanced_indices(data.labels.cpu().numpy(), size, seed)).to(
+            data.labels.device
+        )
         return DeviceSplit(data.images[keep], data.sizes[keep], data.labels[keep], data.skipped)
     if size >= len(data):
         return data
-    return SplitDataset(data.split.take(balanced_indices(data.split.labels, size, seed)), data.transform,
-                        data.on_bad_image)  # fmt: skip
+    return SplitDataset(
+        data.split.take(balanced_indices(data.split.labels, size, seed)),
+        data.transform,
+        data.on_bad_image,
+    )

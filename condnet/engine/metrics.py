@@ -9,11 +9,24 @@ from typing import Any
 
 import torch
 
-FIELDS = ("epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "epoch_seconds",
-          "images_per_second", "skipped_images", "train_images", "val_images")  # fmt: skip
+FIELDS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "epoch_seconds",
+    "images_per_second",
+    "skipped_images",
+    "train_images",
+    "val_images",
+)
 
 
-def correct_topk(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
+def correct_topk(
+    logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+) -> torch.Tensor:
     """Number of examples whose label is among the top k logits, for each k (no host sync)."""
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hits = top == labels[:, None]
@@ -21,7 +34,8 @@ def correct_topk(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
 
 
 class MetricsLog:
-    """Appends one record per epoch to metrics.jsonl and metrics.csv (and TensorBoard if present)."""
+    """Appends one record per epoch to metrics.jsonl and metrics.csv (and to TensorBoard when
+    it is installed)."""
 
     def __init__(self, out: Path) -> None:
         self.jsonl, self.csv = out / "metrics.jsonl", out / "metrics.csv"
@@ -53,7 +67,11 @@ class MetricsLog:
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:
     path = out / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if path.exists()
+        else []
+    )
 
 
 def truncate_metrics(out: Path, epochs: int) -> None:

@@ -11,6 +11,7 @@ buffers are kept). README.md lists the keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,9 +21,18 @@ from condnet.errors import CondnetError
 
 # A key, or a prefix ending in "." or "_" for a family of keys.
 FIXED_ON_RESUME = (
-    "model.", "data.source", "data.classes", "data.train_subset", "data.val_subset",
-    "data.resize", "data.crop", "data.mean", "data.std", "data.synthetic_", "run.seed",
-)  # fmt: skip
+    "model.",
+    "data.source",
+    "data.classes",
+    "data.train_subset",
+    "data.val_subset",
+    "data.resize",
+    "data.crop",
+    "data.mean",
+    "data.std",
+    "data.synthetic_",
+    "run.seed",
+)
 
 
 def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -50,11 +60,25 @@ def is_fixed(key: str) -> bool:
 def check_resume(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
     """The settings `new` changes from the run's `old` ones; refuses one that cannot change."""
     changes = changed_settings(old, new)
+    _refuse_fixed(changes)
+    return changes
+
+
+def check_resume_overrides(saved: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Refuse a dotted override that changes a setting fixed on resume, before the new config
+    is validated (a model override that the run's network would not use is refused as a
+    change, not as a bad model)."""
+    before = flat(saved)
+    _refuse_fixed({k: (before.get(k), v) for k, v in overrides.items() if before.get(k) != v})
+
+
+def _refuse_fixed(changes: Mapping[str, tuple[Any, Any]]) -> None:
     for key, (before, after) in changes.items():
         if is_fixed(key):
-            raise CondnetError(f"{key}: cannot change on resume (the run has {before!r}, got "
-                               f"{after!r}); start a new run with --out instead")  # fmt: skip
-    return changes
+            raise CondnetError(
+                f"{key}: cannot change on resume (the run has {before!r}, got "
+                f"{after!r}); start a new run with --out instead"
+            )
 
 
 def apply_optimizer_settings(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
@@ -65,4 +89,6 @@ def apply_optimizer_settings(optimizer: torch.optim.Optimizer, cfg: TrainConfig)
         group["momentum"] = cfg.momentum
         group["nesterov"] = cfg.nesterov and cfg.momentum > 0
         group["weight_decay"] = cfg.weight_decay
-        group["lr_scale"] = cfg.routing_lr_scale * group.get("calibration", 1.0) if group.get("routing") else 1.0
+        group["lr_scale"] = (
+            cfg.routing_lr_scale * group.get("calibration", 1.0) if group.get("routing") else 1.0
+        )

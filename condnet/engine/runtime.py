@@ -16,7 +16,7 @@ from condnet.config import RunConfig
 from condnet.engine import distributed
 from condnet.engine.distributed import Dist
 from condnet.errors import CondnetError
-from condnet.inference import channels_last_weights
+from condnet.models.layout import channels_last_weights
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,9 @@ class Runtime:
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
-    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_device(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         images = images.to(self.device, non_blocking=True, memory_format=fmt)
         return images, labels.to(self.device, non_blocking=True)
@@ -38,8 +40,10 @@ class Runtime:
         """What a result was computed with, for the metrics and the report: the precision
         (``fp32`` or ``bf16 autocast``) and the device (times the DDP processes)."""
         processes = f" x {self.dist.world}" if self.dist.enabled else ""
-        return {"precision": "bf16 autocast" if self.amp else "fp32",
-                "device": device_name(self.device) + processes}  # fmt: skip
+        return {
+            "precision": "bf16 autocast" if self.amp else "fp32",
+            "device": device_name(self.device) + processes,
+        }
 
 
 def device_name(device: torch.device) -> str:
@@ -56,7 +60,7 @@ def device_name(device: torch.device) -> str:
     return f"CPU: {cpu}"
 
 
-def place_model(model: torch.nn.Module, rt: "Runtime") -> torch.nn.Module:
+def place_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     """Move `model` to the device; with channels_last, every 4-D weight goes NHWC too."""
     model.to(rt.device)
     return channels_last_weights(model) if rt.channels_last else model
@@ -66,7 +70,11 @@ def make_runtime(cfg: RunConfig) -> Runtime:
     """Pick the device (auto: CUDA when present), join DDP under torchrun, set determinism."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise CondnetError("run.device: cuda was asked for but no CUDA device is available")
-    kind = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    kind = (
+        "cuda"
+        if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
     ctx = distributed.setup(kind)
     device = torch.device(kind, ctx.local_rank) if kind == "cuda" else torch.device("cpu")
     if kind == "cuda":

@@ -1,4 +1,5 @@
-"""Schedules: the learning rate (the paper's recipe) and CondConv routing, pure functions of the epoch."""
+"""Schedules, pure functions of the epoch: the learning rate (the paper's recipe) and CondConv
+routing."""
 
 from __future__ import annotations
 
@@ -28,7 +29,10 @@ def routing_temperature_at(epoch: float, cfg: TrainConfig) -> float:
     `routing_anneal_epochs` (1 from the start when that is 0)."""
     if epoch >= cfg.routing_anneal_epochs:
         return 1.0
-    return cfg.routing_temperature + (1.0 - cfg.routing_temperature) * epoch / cfg.routing_anneal_epochs
+    return (
+        cfg.routing_temperature
+        + (1.0 - cfg.routing_temperature) * epoch / cfg.routing_anneal_epochs
+    )
 
 
 def routing_lr_factor(epoch: float, cfg: TrainConfig) -> float:

@@ -11,17 +11,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-import condnet
 from condnet.config import Config, TrainConfig, from_dict
 from condnet.data.datasets import load_splits
+from condnet.data.transforms import TransformSpec
 from condnet.engine import distributed
-from condnet.engine.checkpoint import load_checkpoint, save_checkpoint
+from condnet.engine.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from condnet.engine.diagnostics import RoutingLog, RoutingMonitor, has_routing
+from condnet.engine.evaluation import count_bad_images, evaluate, progress_bar
 from condnet.engine.loaders import Loader, eval_loader, eval_subset, split_data, train_loader
-from condnet.engine.metrics import MetricsLog, correct_topk, truncate_metrics
-from condnet.engine.resume import apply_optimizer_settings, check_resume
+from condnet.engine.metrics import MetricsLog, truncate_metrics
+from condnet.engine.resume import apply_optimizer_settings, check_resume, check_resume_overrides
 from condnet.engine.routing_rates import calibrate_router_rates, needs_calibration
 from condnet.engine.runtime import (
     Runtime,
@@ -33,18 +33,22 @@ from condnet.engine.runtime import (
 )
 from condnet.engine.schedule import lr_at, routing_lr_factor, routing_temperature_at
 from condnet.engine.signals import Interrupted, StopSignals
-from condnet.errors import CondnetError
+from condnet.errors import CondnetError, first_line
 from condnet.models import CondNet, Routing, build_model
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool) -> Any:
-    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
-
-
 def train_one_epoch(
-    model: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, rt: Runtime,
-    cfg: Config, epoch: int, progress: bool, stop: StopSignals, monitor: RoutingMonitor | None = None,
-) -> tuple[float, int, int]:  # fmt: skip
+    model: nn.Module,
+    loader: Loader,
+    optimizer: torch.optim.Optimizer,
+    rt: Runtime,
+    cfg: Config,
+    *,
+    epoch: int,
+    progress: bool,
+    stop: StopSignals,
+    monitor: RoutingMonitor | None = None,
+) -> tuple[float, int, int]:
     """One pass over `loader`. Returns (mean loss, images seen, images skipped).
 
     `monitor` samples routing statistics after the backward pass of every few steps.
@@ -52,12 +56,12 @@ def train_one_epoch(
     model.train()
     loss_sum = torch.zeros((), device=rt.device)
     seen = skipped = 0
-    bar = _progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.train.epochs}", progress)
+    bar = progress_bar(loader, len(loader), f"epoch {epoch + 1}/{cfg.train.epochs}", progress)
     for step, (images, labels, bad) in enumerate(bar):
         stop.check(epoch, step)
         if cfg.train.lr_per_step:
             apply_schedule(model, optimizer, epoch + step / len(loader), cfg.train)
-        skipped += _bad_images(bad, cfg.data.on_bad_image)
+        skipped += count_bad_images(bad, cfg.data.on_bad_image)
         if labels.numel() == 0:
             continue
         images, labels = rt.to_device(images, labels)
@@ -75,8 +79,16 @@ def train_one_epoch(
         if progress and step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")  # a sync, only when a person watches
     # Sum over ranks and copy to the host: the epoch's one sync point.
-    totals = distributed.sum_across(torch.stack([loss_sum, torch.tensor(float(seen), device=rt.device),
-                                                 torch.tensor(float(skipped), device=rt.device)]), rt.dist)  # fmt: skip
+    totals = distributed.sum_across(
+        torch.stack(
+            [
+                loss_sum,
+                torch.tensor(float(seen), device=rt.device),
+                torch.tensor(float(skipped), device=rt.device),
+            ]
+        ),
+        rt.dist,
+    )
     loss_total, seen_total, skipped_total = totals.tolist()
     return loss_total / max(seen_total, 1), int(seen_total), int(skipped_total)
 
@@ -87,7 +99,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, routing_factor: float = 
         group["lr"] = lr * group["lr_scale"] * (routing_factor if group.get("routing") else 1.0)
 
 
-def apply_schedule(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: float, cfg: TrainConfig) -> float:
+def apply_schedule(
+    model: nn.Module, optimizer: torch.optim.Optimizer, epoch: float, cfg: TrainConfig
+) -> float:
     """Set the learning rates and the routers' temperature for (fractional) `epoch`; returns
     the base learning rate."""
     lr = lr_at(epoch, cfg)
@@ -97,46 +111,6 @@ def apply_schedule(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: fl
         if isinstance(module, Routing):
             module.temperature.fill_(temperature)
     return lr
-
-
-def _bad_images(messages: list[str], on_bad_image: str) -> int:
-    """Count unreadable images; with data.on_bad_image=error, stop at the first."""
-    if messages and on_bad_image == "error":
-        raise CondnetError(f"{messages[0]} (data.on_bad_image=error)")
-    return len(messages)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: Loader, rt: Runtime, progress: bool = False,
-    monitor: RoutingMonitor | None = None, on_bad_image: str = "skip",
-) -> dict[str, float]:  # fmt: skip
-    """Loss, top-1 and top-5 (percent) over the loader's examples, summed over all ranks.
-
-    Rows labelled -100 (padding of a fixed-shape last batch) count nowhere. `monitor` collects
-    the routing weights of every example. Unreadable images are left out, or stop the
-    evaluation with `on_bad_image="error"`.
-    """
-    model.eval()
-    if monitor is not None:
-        monitor.start_eval()
-    sums = torch.zeros(4, device=rt.device)  # loss, top-1 hits, top-5 hits, count
-    for images, labels, bad in _progress(loader, len(loader), "eval", progress):
-        _bad_images(bad, on_bad_image)
-        if labels.numel() == 0:
-            continue
-        images, labels = rt.to_device(images, labels)
-        with rt.autocast():
-            logits = model(images).float()
-        if monitor is not None:
-            monitor.observe_eval(labels)
-        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
-        sums[1:3] += correct_topk(logits, labels)
-        sums[3] += (labels >= 0).sum()
-    loss, top1, top5, count = distributed.sum_across(sums, rt.dist).tolist()
-    if count == 0:
-        raise CondnetError("evaluation: the validation set has no readable images")
-    return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count, "count": int(count)}
 
 
 def build_network(cfg: Config, num_classes: int) -> CondNet:
@@ -156,41 +130,30 @@ def make_optimizer(model: nn.Module, cfg: Config, fused: bool = False) -> torch.
     groups = [{"params": [p for p in model.parameters() if id(p) not in routing], "routing": False}]
     groups += [{"params": list(m.parameters()), "routing": True} for m in routers]
     groups = [g for g in groups if g["params"]]
-    optimizer = torch.optim.SGD(groups, lr=t.lr_start, momentum=t.momentum, fused=fused or None,
-                                nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay)
+    optimizer = torch.optim.SGD(
+        groups,
+        lr=t.lr_start,
+        momentum=t.momentum,
+        fused=fused or None,
+        nesterov=t.nesterov and t.momentum > 0,
+        weight_decay=t.weight_decay,
+    )
     apply_optimizer_settings(optimizer, t)
     return optimizer
 
 
-def _checkpoint_state(model: CondNet, optimizer, cfg: Config, class_names, epoch: int,
-                      metrics: list, best: float, resumes: list) -> dict[str, Any]:  # fmt: skip
-    return {
-        "model": model.state_dict(),
-        "model_spec": model.spec.to_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "rng": rng_state(),
-        "config": cfg.to_dict(),
-        "class_names": list(class_names),
-        "eval_transform": {"resize": cfg.data.resize, "crop": cfg.data.crop,
-                           "mean": cfg.data.mean, "std": cfg.data.std},  # fmt: skip
-        "metrics": metrics,
-        "best_top1": best,
-        "resumes": resumes,  # settings changed on resume: [{"epoch": first, "changes": {...}}]
-        "versions": {"condnet": condnet.__version__, "torch": str(torch.__version__)},
-    }
-
-
-def _restore(state: dict[str, Any], out: Path, model: CondNet, optimizer,
-             cfg: Config) -> tuple[int, list, float]:  # fmt: skip
+def _restore(
+    state: dict[str, Any], out: Path, model: CondNet, optimizer, cfg: Config
+) -> tuple[int, list, float]:
     """Weights, optimizer state and generators from `state`; the optimizer then takes this
     run's settings, which may have changed on resume (`condnet.engine.resume`)."""
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
-        raise CondnetError(f"{out / 'last.pt'}: does not fit this run's network "
-                           f"({str(err).strip().splitlines()[0][:160]})") from None  # fmt: skip
+        raise CondnetError(
+            f"{out / 'last.pt'}: does not fit this run's network ({first_line(err, 160)})"
+        ) from None
     apply_optimizer_settings(optimizer, cfg.train)
     set_rng_state(state["rng"])
     return state["epoch"] + 1, state["metrics"], state["best_top1"]
@@ -215,27 +178,36 @@ def _check_classes(state: dict[str, Any], names: list[str]) -> None:
     """The data a run resumes on (`data.root` may have moved) must have the run's classes."""
     theirs = list(state["class_names"])
     if list(names) != theirs:
-        raise CondnetError(f"data: its {len(names)} classes are not the checkpoint's {len(theirs)} "
-                           "(or not in the same order); resume with the data the run started with")
+        raise CondnetError(
+            f"data: its {len(names)} classes are not the checkpoint's {len(theirs)} "
+            "(or not in the same order); resume with the data the run started with"
+        )
 
 
 def resume_config(out: Path, overrides: dict[str, Any] | None = None) -> Config:
     """The configuration a run in `out` was started with, plus `overrides`."""
     state = load_checkpoint(out / "last.pt")
+    check_resume_overrides(state["config"], overrides or {})
     return from_dict(state["config"], overrides)
 
 
 def _log_line(record: dict[str, Any], epochs: int) -> str:
-    return (f"epoch {record['epoch'] + 1}/{epochs}  lr {record['lr']:.5f}  "
-            f"train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
-            f"top1 {record['val_top1']:.2f}  top5 {record['val_top5']:.2f}  "
-            f"({record['epoch_seconds']:.1f} s, {record['images_per_second']:.0f} img/s)")  # fmt: skip
+    return (
+        f"epoch {record['epoch'] + 1}/{epochs}  lr {record['lr']:.5f}  "
+        f"train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
+        f"top1 {record['val_top1']:.2f}  top5 {record['val_top5']:.2f}  "
+        f"({record['epoch_seconds']:.1f} s, {record['images_per_second']:.0f} img/s)"
+    )
 
 
 def train(
-    cfg: Config, out: str | Path, resume: bool = False, progress: bool | None = None,
+    cfg: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
     stop_after: int | None = None,
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     """Train per `cfg`, writing metrics and checkpoints to `out`; returns the metrics records.
 
     `stop_after` ends the run after that many epochs in all (resumable, schedule unchanged).
@@ -248,13 +220,15 @@ def train(
     if cfg.train.batch_size % rt.dist.world:
         raise CondnetError(f"train.batch_size: must be divisible by the {rt.dist.world} processes")
     if not resume and (out / "last.pt").exists():
-        raise CondnetError(f"{out} already holds a run; resume it with --resume or choose another --out")
+        raise CondnetError(
+            f"{out} already holds a run; resume it with --resume or choose another --out"
+        )
     state, resumes = _resume_state(out, cfg, rt.dist.main) if resume else (None, [])
     train_split, val_split = load_splits(cfg.data, cfg.run.seed)
     if state is not None:
         _check_classes(state, train_split.class_names)
-    train_set = split_data(cfg, rt, train_split, "train", progress)
-    val_set = split_data(cfg, rt, val_split, "val", progress)
+    train_set = split_data(cfg, rt, train_split, "train", progress=progress)
+    val_set = split_data(cfg, rt, val_split, "val", progress=progress)
     torch.manual_seed(cfg.run.seed)  # the initial weights
     model = build_network(cfg, len(train_split.class_names))
     optimizer = make_optimizer(model, cfg, fused=rt.device.type == "cuda")
@@ -265,7 +239,9 @@ def train(
     _optimizer_to(optimizer, rt.device)
     monitor = _monitor(model, cfg, len(train_split.class_names))
     net = _wrap(model, cfg, rt)
-    save = _saver(out, model, optimizer, cfg, train_split.class_names, rt, resumes)
+    save = _saver(
+        out, model, optimizer, cfg, rt=rt, class_names=train_split.class_names, resumes=resumes
+    )
     if rt.dist.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
@@ -275,15 +251,32 @@ def train(
         save(-1, metrics, best, best=False)  # resumable from the very start
     log = MetricsLog(out) if rt.dist.main else None
     val_loader = eval_loader(cfg, val_set, rt)
-    epoch_loader = _epoch_eval_loader(cfg, val_set, rt) if cfg.train.epoch_eval_subset else val_loader
+    epoch_loader = (
+        _epoch_eval_loader(cfg, val_set, rt) if cfg.train.epoch_eval_subset else val_loader
+    )
     end = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
     try:
         with StopSignals(rt.dist) as stop:
             for epoch in range(start, end):
                 loader = val_loader if epoch == cfg.train.epochs - 1 else epoch_loader
-                record = _run_epoch(net, optimizer, cfg, rt, train_set, loader, epoch, progress, stop, monitor)
+                record = _run_epoch(
+                    net,
+                    optimizer,
+                    cfg,
+                    rt,
+                    epoch,
+                    train_set=train_set,
+                    val_loader=loader,
+                    progress=progress,
+                    stop=stop,
+                    monitor=monitor,
+                )
                 metrics.append(record)
-                routing = monitor.epoch_records(epoch, lambda t: distributed.sum_across(t, rt.dist)) if monitor else []
+                routing = (
+                    monitor.epoch_records(epoch, lambda t: distributed.sum_across(t, rt.dist))
+                    if monitor
+                    else []
+                )
                 if log is not None:
                     log.append(record)
                     RoutingLog(out).append(routing)
@@ -294,9 +287,12 @@ def train(
     except Interrupted as err:
         done = load_checkpoint(out / "last.pt")["epoch"] + 1
         rank = f"rank {rt.dist.rank}: " if rt.dist.enabled else ""
-        print(f"{rank}{err}: stopped before step {err.step + 1} of epoch {err.epoch + 1}; "
-              f"{out / 'last.pt'} holds {done} finished epochs; "
-              f"continue with: condnet train --resume {out}", file=sys.stderr)  # fmt: skip
+        print(
+            f"{rank}{err}: stopped before step {err.step + 1} of epoch {err.epoch + 1}; "
+            f"{out / 'last.pt'} holds {done} finished epochs; "
+            f"continue with: condnet train --resume {out}",
+            file=sys.stderr,
+        )
         raise
     finally:
         if log is not None:
@@ -305,22 +301,35 @@ def train(
     return metrics
 
 
-def _saver(out: Path, model: CondNet, optimizer, cfg: Config, class_names, rt: Runtime,
-           resumes: list):  # fmt: skip
+def _saver(
+    out: Path, model: CondNet, optimizer, cfg: Config, *, rt: Runtime, class_names, resumes: list
+):
     """save(epoch, metrics, best_top1, best=...): last.pt (and best.pt), on rank 0 only."""
 
     def save(epoch: int, metrics: list, best_top1: float, best: bool) -> None:
         if not rt.dist.main:
             return
-        state = _checkpoint_state(model, optimizer, cfg, class_names, epoch, metrics, best_top1,
-                                  resumes)  # fmt: skip
+        state = checkpoint_state(
+            model,
+            class_names,
+            eval_transform=TransformSpec.from_config(cfg.data),
+            config=cfg,
+            optimizer=optimizer.state_dict(),
+            epoch=epoch,
+            rng=rng_state(),
+            metrics=metrics,
+            best_top1=best_top1,
+            resumes=resumes,
+        )
         try:
             save_checkpoint(state, out / "last.pt")
             if best:
                 save_checkpoint(state, out / "best.pt")
         except OSError as err:
-            raise CondnetError(f"cannot write a checkpoint in {out} ({err.strerror or err}); "
-                               "the previous checkpoint is intact") from None  # fmt: skip
+            raise CondnetError(
+                f"cannot write a checkpoint in {out} ({err.strerror or err}); "
+                "the previous checkpoint is intact"
+            ) from None
 
     return save
 
@@ -338,28 +347,51 @@ def _monitor(model: CondNet, cfg: Config, num_classes: int) -> RoutingMonitor | 
     return RoutingMonitor(model, num_classes, cfg.run.routing_stats_every)
 
 
-def _run_epoch(net, optimizer, cfg: Config, rt: Runtime, train_set, val_loader, epoch: int,
-               progress: bool, stop: StopSignals, monitor: RoutingMonitor | None) -> dict[str, Any]:  # fmt: skip
+def _run_epoch(
+    net,
+    optimizer,
+    cfg: Config,
+    rt: Runtime,
+    epoch: int,
+    *,
+    train_set,
+    val_loader,
+    progress: bool,
+    stop: StopSignals,
+    monitor: RoutingMonitor | None,
+) -> dict[str, Any]:
     lr = apply_schedule(net, optimizer, epoch, cfg.train)
     generator = seed_epoch(cfg.run.seed, epoch, rt.dist.rank)
     loader = train_loader(cfg, train_set, rt, epoch, generator)
     started = time.perf_counter()
-    loss, seen, skipped = train_one_epoch(net, loader, optimizer, rt, cfg, epoch, progress, stop, monitor)
+    loss, seen, skipped = train_one_epoch(
+        net, loader, optimizer, rt, cfg, epoch=epoch, progress=progress, stop=stop, monitor=monitor
+    )
     train_seconds = time.perf_counter() - started
     if not math.isfinite(loss):
-        raise CondnetError(f"training loss became {loss} in epoch {epoch + 1}; stopped, "
-                           "the last good checkpoint is kept (try a lower train.lr_peak)")  # fmt: skip
+        raise CondnetError(
+            f"training loss became {loss} in epoch {epoch + 1}; stopped, "
+            "the last good checkpoint is kept (try a lower train.lr_peak)"
+        )
     if skipped:
         print(f"warning: epoch {epoch + 1}: skipped {skipped} unreadable images", file=sys.stderr)
-    val = evaluate(net, val_loader, rt, progress, monitor, cfg.data.on_bad_image)
+    val = evaluate(
+        net, val_loader, rt, progress=progress, monitor=monitor, on_bad_image=cfg.data.on_bad_image
+    )
     return {
-        "epoch": epoch, "lr": lr, "train_loss": loss, "val_loss": val["loss"],
-        "val_top1": val["top1"], "val_top5": val["top5"],
+        "epoch": epoch,
+        "lr": lr,
+        "train_loss": loss,
+        "val_loss": val["loss"],
+        "val_top1": val["top1"],
+        "val_top5": val["top5"],
         "epoch_seconds": time.perf_counter() - started,
-        "images_per_second": seen / max(train_seconds, 1e-9), "skipped_images": skipped,
-        "train_images": seen, "val_images": val["count"],
+        "images_per_second": seen / max(train_seconds, 1e-9),
+        "skipped_images": skipped,
+        "train_images": seen,
+        "val_images": val["count"],
         **rt.record(),  # precision and device: the report's provenance
-    }  # fmt: skip
+    }
 
 
 def _wrap(model: nn.Module, cfg: Config, rt: Runtime) -> nn.Module:
@@ -378,21 +410,3 @@ def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> Non
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
                 state[key] = value.to(device)
-
-
-def evaluate_checkpoint(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validation loss, top-1 and top-5 of a checkpoint, with its own data config (+ overrides)."""
-    from condnet.engine.checkpoint import model_from_checkpoint
-
-    state = load_checkpoint(path)
-    if "config" not in state:
-        raise CondnetError(f"{path}: has no training config; cannot rebuild its validation set")
-    cfg = from_dict(state["config"], overrides)
-    rt = make_runtime(cfg.run)
-    _, val_split = load_splits(cfg.data, cfg.run.seed)
-    if len(val_split.class_names) != len(state["class_names"]):
-        raise CondnetError(f"the data has {len(val_split.class_names)} classes, the checkpoint {len(state['class_names'])}")
-    val_set = split_data(cfg, rt, val_split, "val")
-    model = place_model(model_from_checkpoint(state), rt)
-    result = evaluate(model, eval_loader(cfg, val_set, rt), rt, on_bad_image=cfg.data.on_bad_image)
-    return {"checkpoint": str(path), "epoch": state.get("epoch"), **result, **rt.record()}

@@ -6,12 +6,15 @@ registry) can swap them per stage:
     Block(in_channels, out_channels, stride, *, expansion, kernel_size, se_ratio,
           num_experts, routing, routing_activation, act_layer, norm_layer)
 
-Expanded width Ne = expansion * in_channels; identity path exactly when in == out and stride 1.
+Each kind also states which of the stage options it uses (`options`); the registry answers
+for it (`block_uses`), so that a spec can check what a block needs and refuse an override that
+no block of the network would use. Expanded width Ne = expansion * in_channels; identity path
+exactly when in == out and stride 1.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -31,13 +34,20 @@ class ConvNormAct(nn.Sequential):
         out_channels: int,
         kernel_size: int = 1,
         stride: int = 1,
+        *,
         groups: int = 1,
         act_layer: LayerFactory | None = nn.ReLU,
         norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            kernel_size // 2,
+            groups=groups,
+            bias=False,
         )
         self.bn = norm_layer(out_channels)
         self.act = act_layer(inplace=True) if act_layer else nn.Identity()
@@ -52,6 +62,7 @@ class CondConvNormAct(nn.Module):
         out_channels: int,
         kernel_size: int = 1,
         stride: int = 1,
+        *,
         groups: int = 1,
         num_experts: int = 4,
         own_routing: bool = False,
@@ -61,7 +72,14 @@ class CondConvNormAct(nn.Module):
     ) -> None:
         super().__init__()
         self.conv = CondConv2d(
-            in_channels, out_channels, kernel_size, stride, None, groups, num_experts, own_routing,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            None,
+            groups,
+            num_experts=num_experts,
+            own_routing=own_routing,
             routing_activation=routing_activation,
         )
         self.bn = norm_layer(out_channels)
@@ -90,7 +108,7 @@ class SqueezeExcite(nn.Module):
 class StandardBlock(nn.Module):
     """Block A: 1x1 expand, k x k depthwise (stride), 1x1 project, identity when shapes allow."""
 
-    with_se = False
+    options = ("expansion", "kernel_size")  # the stage options it uses; it ignores the others
 
     def __init__(
         self,
@@ -114,7 +132,11 @@ class StandardBlock(nn.Module):
         layer = dict(act_layer=act_layer, norm_layer=norm_layer)
         self.expand = ConvNormAct(in_channels, inner, 1, **layer)
         self.depthwise = ConvNormAct(inner, inner, kernel_size, stride, groups=inner, **layer)
-        self.se = SqueezeExcite(inner, inner // se_ratio, act_layer) if self.with_se else nn.Identity()
+        self.se = (
+            SqueezeExcite(inner, inner // se_ratio, act_layer)
+            if "se_ratio" in self.options
+            else nn.Identity()
+        )
         self.project = ConvNormAct(inner, out_channels, 1, act_layer=None, norm_layer=norm_layer)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -125,7 +147,7 @@ class StandardBlock(nn.Module):
 class SEBlock(StandardBlock):
     """Block B: Block A with squeeze-and-excitation on the expanded channels (Figure 3)."""
 
-    with_se = True
+    options = (*StandardBlock.options, "se_ratio")
 
 
 class CondConvBlock(nn.Module):
@@ -134,6 +156,8 @@ class CondConvBlock(nn.Module):
     Routing is computed once per block from its input and shared by the three CondConvs
     (`routing="block"`), or by each CondConv from its own input (`routing="conv"`).
     """
+
+    options = (*SEBlock.options, "num_experts", "routing", "routing_activation")
 
     def __init__(
         self,
@@ -157,7 +181,9 @@ class CondConvBlock(nn.Module):
         own = routing == "conv"
         self.routing = None if own else Routing(in_channels, num_experts, routing_activation)
         cond = dict(
-            num_experts=num_experts, own_routing=own, routing_activation=routing_activation,
+            num_experts=num_experts,
+            own_routing=own,
+            routing_activation=routing_activation,
             norm_layer=norm_layer,
         )
         self.expand = CondConvNormAct(in_channels, inner, 1, act_layer=act_layer, **cond)
@@ -184,5 +210,17 @@ BLOCKS: dict[str, type[nn.Module]] = {
 def get_block(name: str) -> type[nn.Module]:
     """The block class registered under `name`."""
     if name not in BLOCKS:
-        raise CondnetError(f"unknown block {name!r}; registered blocks: {', '.join(sorted(BLOCKS))}")
+        raise CondnetError(
+            f"unknown block {name!r}; registered blocks: {', '.join(sorted(BLOCKS))}"
+        )
     return BLOCKS[name]
+
+
+def block_uses(name: str, option: str) -> bool:
+    """Whether the block kind `name` uses the stage option `option` (e.g. ``se_ratio``)."""
+    return option in get_block(name).options
+
+
+def blocks_using(option: str) -> list[str]:
+    """The registered kinds that use the stage option `option`, by name."""
+    return sorted(name for name in BLOCKS if block_uses(name, option))

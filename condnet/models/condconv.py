@@ -1,22 +1,26 @@
 """Conditionally parameterized convolution (CondConv, Yang et al. 2019).
 
 Each example is convolved with its own kernel ``W = sum_m r_m * W_m``, a routing-weighted sum
-of `num_experts` expert kernels. Two exact formulations compute it (`FORMULATIONS`):
+of `num_experts` expert kernels. A layer's `formulation` is one of the three `FORMULATIONS`;
+all compute the same function, within float32 rounding:
 
-- ``grouped`` (the default): the mixed kernels are applied in one grouped convolution with the
-  batch folded into the channels, so a batch of one costs exactly one plain convolution plus
-  the kernel mixing. Its group count depends on the batch size, so it cannot be exported to
-  ONNX with a dynamic batch axis.
+- ``grouped``: the mixed kernels are applied in one grouped convolution with the batch folded
+  into the channels, so a batch of one costs exactly one plain convolution plus the kernel
+  mixing. Its group count depends on the batch size, so it cannot be exported to ONNX with a
+  dynamic batch axis.
 - ``batched``: a 1x1 conv as one batched matmul of the per-example mixed kernels with the input
   viewed as (batch, in_channels, pixels); a larger kernel (the depthwise conv) as the mixture of
   expert outputs ``sum_m r_m * conv(x, W_m)``, exact because convolution is linear and cheap for
   a depthwise conv. Every shape but the batch is static, so it exports with a dynamic batch axis.
 - ``auto`` (the default; the fastest in eager PyTorch on the CPU, measured per layer kind):
-  ``grouped`` for k x k convs and for a batch of one; for a 1x1 conv on a batch, the batched
-  matmul where the output has more than `STACKED_MAX_PIXELS` pixels, and otherwise the
-  stacked form ``[W_1 .. W_M] @ [r_1 x; ..; r_M x]``: one dense conv over the routing-scaled
-  input copies, which never builds the per-example kernels (their size, batch x weights,
-  dominates when the feature map is small).
+  ``grouped`` for k x k convs and for a batch of one; for a 1x1 conv on a batch, ``batched``
+  where the output has more than `STACKED_MAX_PIXELS` pixels or the conv is grouped, and
+  otherwise ``stacked``.
+
+``stacked``, which only ``auto`` chooses, computes a 1x1 ungrouped conv as
+``[W_1 .. W_M] @ [r_1 x; ..; r_M x]``: one dense conv over the routing-scaled input copies,
+which never builds the per-example kernels (their size, batch x weights, dominates when the
+feature map is small).
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ class Routing(nn.Module):
         super().__init__()
         if activation not in ROUTING_ACTIVATIONS:
             raise CondnetError(
-                f"Routing: activation must be one of {', '.join(ROUTING_ACTIVATIONS)}; got {activation!r}"
+                f"Routing: activation must be one of {', '.join(ROUTING_ACTIVATIONS)}; "
+                f"got {activation!r}"
             )
         self.activation = activation
         self.fc = nn.Linear(in_channels, num_experts)
@@ -61,7 +66,9 @@ class Routing(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.fc(x.mean((2, 3))) / self.temperature
-        return torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=1)
+        return (
+            torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=1)
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # Files written before routers had a temperature hold none: theirs was 1.
@@ -91,6 +98,7 @@ class CondConv2d(nn.Module):
         stride: int = 1,
         padding: int | None = None,
         groups: int = 1,
+        *,
         num_experts: int = 4,
         own_routing: bool = False,
         bias: bool = False,

@@ -1,4 +1,5 @@
-"""The network builder: turns a `NetSpec` into modules (stem, stages of blocks, head, classifier)."""
+"""The network builder: turns a `NetSpec` into modules (stem, stages of blocks, head and
+classifier)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,9 @@ def _build_stage(in_channels: int, stage: StageSpec, **layer: LayerFactory) -> n
         **layer,
     )
     blocks = [block(in_channels, stage.channels, stage.stride, **options)]
-    blocks += [block(stage.channels, stage.channels, 1, **options) for _ in range(stage.repeats - 1)]
+    blocks += [
+        block(stage.channels, stage.channels, 1, **options) for _ in range(stage.repeats - 1)
+    ]
     return nn.Sequential(*blocks)
 
 

@@ -1,4 +1,5 @@
-"""The network as data: a frozen description (stem, stages, head) that the builder turns into modules.
+"""The network as data: a frozen description (stem, stages, head) that the builder turns into
+modules.
 
 `NetSpec` validates itself on construction, so every spec that exists is buildable. Errors name
 the offending field (``stages[2].kernel_size``) and what is allowed.
@@ -7,10 +8,12 @@ the offending field (``stages[2].kernel_size``) and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from condnet.errors import CondnetError
+from condnet.models.blocks import BLOCKS, block_uses, blocks_using
 from condnet.models.condconv import ROUTING_ACTIVATIONS
 
 ROUTINGS = ("block", "conv")
@@ -50,9 +53,10 @@ class StemSpec:
 class StageSpec:
     """`repeats` blocks of one kind; the first has `stride` and changes the width to `channels`.
 
-    Expanded width Ne = expansion * Ni; SE width = Ne // se_ratio; `num_experts`, `routing` and
-    `routing_activation` apply to the `condconv` block only (`routing`: one router per block, or
-    one per conv; `routing_activation`: sigmoid as in the paper, or softmax).
+    Expanded width Ne = expansion * Ni; SE width = Ne // se_ratio; `routing`: one router per
+    block, or one per conv; `routing_activation`: sigmoid as in the paper, or softmax. Each block
+    kind uses some of the options after `block` (its `options` in `condnet.models.blocks`:
+    `se_ratio` for se and condconv, `num_experts` and the routing ones for condconv alone).
     """
 
     channels: int
@@ -67,8 +71,6 @@ class StageSpec:
     routing_activation: str = "sigmoid"
 
     def validate(self, where: str = "stage") -> None:
-        from condnet.models.blocks import BLOCKS  # the registry owns the list of kinds
-
         _check_int(f"{where}.channels", self.channels)
         _check_int(f"{where}.repeats", self.repeats)
         _check_int(f"{where}.stride", self.stride)
@@ -113,7 +115,7 @@ class NetSpec:
         for i, stage in enumerate(self.stages):
             previous = self.stem.channels if i == 0 else self.stages[i - 1].channels
             inner = stage.expansion * min(previous, stage.channels)
-            if stage.block != "standard" and inner // stage.se_ratio < 1:
+            if block_uses(stage.block, "se_ratio") and inner // stage.se_ratio < 1:
                 raise CondnetError(
                     f"stages[{i}].se_ratio: must be at most the expanded width {inner}, "
                     f"got {stage.se_ratio}"
@@ -123,7 +125,7 @@ class NetSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "NetSpec":
+    def from_dict(cls, data: Mapping[str, Any]) -> NetSpec:
         """Rebuild a spec written by `to_dict` (checkpoints, weight files)."""
         try:
             return cls(
@@ -159,6 +161,15 @@ GLOBAL_KEYS = {
     "head_channels": ("head", "channels"),
 }
 OVERRIDE_KEYS = tuple(sorted([*STAGE_KEYS, *GLOBAL_KEYS, "stages"]))
+# The stage options that a block kind may use or ignore (every kind uses the others).
+BLOCK_OPTIONS = (
+    "expansion",
+    "kernel_size",
+    "se_ratio",
+    "num_experts",
+    "routing",
+    "routing_activation",
+)
 
 
 def _per_stage(key: str, value: Any, num_stages: int) -> list[Any]:
@@ -180,24 +191,58 @@ def _replace_stages(spec: NetSpec, value: Any) -> NetSpec:
         unknown = set(stage) - allowed
         if unknown:
             raise CondnetError(
-                f"stages[{i}]: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(allowed))}"
+                f"stages[{i}]: unknown key {sorted(unknown)[0]!r}; "
+                f"allowed: {', '.join(sorted(allowed))}"
             )
         if "channels" not in stage or "repeats" not in stage:
             raise CondnetError(f"stages[{i}]: 'channels' and 'repeats' are required")
+        block = stage.get("block", StageSpec.block)
+        for key in BLOCK_OPTIONS:
+            if key in stage and block in BLOCKS and not block_uses(block, key):
+                raise CondnetError(f"stages[{i}].{key}: {_unused(key, [block])}")
     return dataclasses.replace(spec, stages=tuple(StageSpec(**s) for s in value))
 
 
+def unused_overrides(spec: NetSpec, overrides: Mapping[str, Any]) -> list[str]:
+    """The per-stage override keys that no block of `spec` uses (e.g. `num_experts` in a
+    network of standard blocks)."""
+    kinds = {stage.block for stage in spec.stages}
+    return [
+        key
+        for key in overrides
+        if STAGE_KEYS.get(key) in BLOCK_OPTIONS
+        and not any(block_uses(kind, STAGE_KEYS[key]) for kind in kinds)
+    ]
+
+
+def _unused(option: str, kinds: Sequence[str]) -> str:
+    users = ", ".join(blocks_using(option))
+    return f"not used by block {', '.join(sorted(kinds))} (used by: {users})"
+
+
 def with_overrides(spec: NetSpec, **overrides: Any) -> NetSpec:
-    """Return `spec` with overrides applied, validated; unknown keys raise `CondnetError`."""
+    """Return `spec` with overrides applied, validated; unknown keys, and keys that no block
+    of the result uses, raise `CondnetError`."""
+    result = _apply(spec, overrides)
+    unused = unused_overrides(result, overrides)
+    if unused:
+        kinds = {stage.block for stage in result.stages}
+        raise CondnetError(f"{unused[0]}: {_unused(STAGE_KEYS[unused[0]], kinds)}")
+    return result
+
+
+def _apply(spec: NetSpec, overrides: Mapping[str, Any]) -> NetSpec:
     for key in overrides:
         if key not in OVERRIDE_KEYS:
-            raise CondnetError(f"unknown model override {key!r}; allowed: {', '.join(OVERRIDE_KEYS)}")
+            raise CondnetError(
+                f"unknown model override {key!r}; allowed: {', '.join(OVERRIDE_KEYS)}"
+            )
     if "stages" in overrides:
         spec = _replace_stages(spec, overrides["stages"])
     stages = [dataclasses.asdict(s) for s in spec.stages]
     for key, attr in STAGE_KEYS.items():
         if key in overrides:
-            for stage, v in zip(stages, _per_stage(key, overrides[key], len(stages))):
+            for stage, v in zip(stages, _per_stage(key, overrides[key], len(stages)), strict=True):
                 stage[attr] = v
     data = spec.to_dict() | {"stages": stages}
     for key, path in GLOBAL_KEYS.items():

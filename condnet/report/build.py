@@ -13,16 +13,21 @@ import yaml
 from condnet.complexity import KIND_TITLES, profile
 from condnet.config import Config
 from condnet.engine.runtime import device_name
+from condnet.models import StageSpec, list_models
 from condnet.report.plots import plot_curves
 from condnet.report.runs import Run, find_runs
-
-MODELS = ["paper-standard", "paper-se", "paper-condconv"]
 
 
 def duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
+    return (
+        f"{hours} h {minutes} min"
+        if hours
+        else f"{minutes} min {secs} s"
+        if minutes
+        else f"{secs} s"
+    )
 
 
 def _macs(run: Run) -> int:
@@ -42,22 +47,17 @@ def table3_markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         paper = r["paper"]
-        paper_cells = (f"{paper['hours']:g} h", f"{paper['top1']:.2f}") if paper else ("not reported",) * 2
+        paper_cells = (
+            (f"{paper['hours']:g} h", f"{paper['top1']:.2f}") if paper else ("not reported",) * 2
+        )
         lines.append(
             f"| {r['model']} | {r['epochs']} | {r['precision']} | {r['device']} "
             f"| {duration(r['train_seconds'])} | {r['images_per_second']:.0f} "
-            f"| {r['best_top1']:.2f} ({r['best_epoch'] + 1}) | {r['best_top5']:.2f} | {r['final_top1']:.2f} "
-            f"| {r['final_top5']:.2f} | {r['params']:,} | {r['macs']:,} | {paper_cells[0]} | {paper_cells[1]} |"
+            f"| {r['best_top1']:.2f} ({r['best_epoch'] + 1}) | {r['best_top5']:.2f} "
+            f"| {r['final_top1']:.2f} | {r['final_top5']:.2f} | {r['params']:,} | {r['macs']:,} "
+            f"| {paper_cells[0]} | {paper_cells[1]} |"
         )
     return "\n".join(lines)
-
-
-# The paper's recipe (the config defaults) in the settings a miniature run shrinks.
-PAPER_SCALE = {"data.crop": 56, "data.resize": 64, "data.train_subset": 0, "train.epochs": 55,
-               "train.batch_size": 256}  # fmt: skip
-# Block C's routing exactly as the paper states it.
-PAPER_ROUTING = {"train.routing_lr_scale": 1.0, "train.routing_warmup_epochs": 0.0,
-                 "train.routing_temperature": 1.0, "model.overrides.routing_activation": "sigmoid"}  # fmt: skip
 
 
 def _setting(config: Config, key: str, default: Any = None) -> Any:
@@ -68,54 +68,103 @@ def _setting(config: Config, key: str, default: Any = None) -> Any:
     return getattr(value, name)
 
 
+def _paper(keys: tuple[str, ...]) -> dict[str, Any]:
+    """The paper's value of each key: the config's default (a model override: the stage's)."""
+    stage = StageSpec(channels=1, repeats=1)
+    return {k: _setting(Config(), k, getattr(stage, k.rsplit(".", 1)[-1], None)) for k in keys}
+
+
+# The paper's recipe in the settings a miniature run shrinks.
+PAPER_SCALE = _paper(
+    ("data.crop", "data.resize", "data.train_subset", "train.epochs", "train.batch_size")
+)
+# Block C's routing exactly as the paper states it.
+PAPER_ROUTING = _paper(
+    (
+        "train.routing_lr_scale",
+        "train.routing_warmup_epochs",
+        "train.routing_temperature",
+        "model.overrides.routing_activation",
+    )
+)
+
+
 def table3_notes(runs: list[Run]) -> list[str]:
     """What makes these runs differ from the paper's: scale, evaluation set, block C's routing."""
     config, notes = runs[0].config, []
-    changed = [f"{k.split('.')[1]} {_setting(config, k)}" for k, v in PAPER_SCALE.items() if _setting(config, k) != v]
+    changed = [
+        f"{k.split('.')[1]} {_setting(config, k)}"
+        for k, v in PAPER_SCALE.items()
+        if _setting(config, k) != v
+    ]
     if config.data.source not in ("imagefolder", "imagenet64") or changed:
-        notes.append(f"A miniature of the paper's recipe ({config.data.source}; "
-                     f"{', '.join(changed) or 'same scale'}): its figures are not comparable to the paper's.")  # fmt: skip
+        notes.append(
+            f"A miniature of the paper's recipe ({config.data.source}; "
+            f"{', '.join(changed) or 'same scale'}): its figures are not comparable to the paper's."
+        )
     subset = config.train.epoch_eval_subset
     if subset:
         final = runs[0].metrics[-1].get("val_images", "all")
-        notes.append(f"Per-epoch top-1 (Figure 5 and 'best') is measured on a fixed class-balanced subset of "
-                     f"{subset} validation images; the final top-1 and top-5 on the whole validation set ({final} images).")  # fmt: skip
+        notes.append(
+            "Per-epoch top-1 (Figure 5 and 'best') is measured on a fixed class-balanced subset "
+            f"of {subset} validation images; the final top-1 and top-5 on the whole validation set "
+            f"({final} images)."
+        )
     for run in runs:
         if run.name != "paper-condconv":
             continue
-        departs = [f"{k.split('.')[-1]}={_setting(run.config, k, v)}" for k, v in PAPER_ROUTING.items()
-                   if _setting(run.config, k, v) != v]  # fmt: skip
+        departs = [
+            f"{k.split('.')[-1]}={_setting(run.config, k, v)}"
+            for k, v in PAPER_ROUTING.items()
+            if _setting(run.config, k, v) != v
+        ]
         if run.config.train.routing_temperature != 1.0:
             departs.append(f"routing_anneal_epochs={run.config.train.routing_anneal_epochs:g}")
         if departs:
-            notes.append(f"{run.name} trains its routers unlike the paper's text: {', '.join(departs)} "
-                         "(see the README's section on training block C).")  # fmt: skip
+            notes.append(
+                f"{run.name} trains its routers unlike the paper's text: {', '.join(departs)} "
+                "(see the README's section on training block C)."
+            )
     return notes
 
 
 def table3_text(rows: list[dict[str, Any]]) -> str:
     """The summary printed at the end of `condnet reproduce` (and `make demo`)."""
-    head = (f"{'block':<16}{'precision':<15}{'time':>14}{'img/s':>8}{'best top-1':>12}"
-            f"{'final top-1':>13}{'final top-5':>13}")  # fmt: skip
+    head = (
+        f"{'block':<16}{'precision':<15}{'time':>14}{'img/s':>8}{'best top-1':>12}"
+        f"{'final top-1':>13}{'final top-5':>13}"
+    )
     lines = ["Table 3 (this run)", head]
     for r in rows:
-        lines.append(f"{r['model']:<16}{r['precision']:<15}{duration(r['train_seconds']):>14}"
-                     f"{r['images_per_second']:>8.0f}{r['best_top1']:>12.2f}"
-                     f"{r['final_top1']:>13.2f}{r['final_top5']:>13.2f}")  # fmt: skip
+        lines.append(
+            f"{r['model']:<16}{r['precision']:<15}{duration(r['train_seconds']):>14}"
+            f"{r['images_per_second']:>8.0f}{r['best_top1']:>12.2f}"
+            f"{r['final_top1']:>13.2f}{r['final_top5']:>13.2f}"
+        )
     return "\n".join(lines)
 
 
 def table4_markdown(run: Run) -> str:
     prof = profile(run.model, run.config.data.crop, run.name).to_dict()
     c, h, w = prof["input_size"]
-    lines = [f"### {run.name} (input {c}x{h}x{w}, {run.model.num_classes} classes)", "",
-             "| operation | repeat | MACs | filter coefficients |", "|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"### {run.name} (input {c}x{h}x{w}, {run.model.num_classes} classes)",
+        "",
+        "| operation | repeat | MACs | filter coefficients |",
+        "|---|---:|---:|---:|",
+    ]
     for row in prof["rows"]:
         note = "" if row["in_paper_total"] else " (not in paper total)"
-        lines.append(f"| {row['name']}{note} | {row['repeat']} | {row['macs']:,} | {row['coefficients']:,} |")
+        lines.append(
+            f"| {row['name']}{note} | {row['repeat']} | {row['macs']:,} | {row['coefficients']:,} |"
+        )
     total = prof["paper_total"]
-    lines += [f"| **paper total** | | **{total['macs']:,}** | **{total['coefficients']:,}** |", "",
-              "| complete account | MACs | parameters |", "|---|---:|---:|"]  # fmt: skip
+    lines += [
+        f"| **paper total** | | **{total['macs']:,}** | **{total['coefficients']:,}** |",
+        "",
+        "| complete account | MACs | parameters |",
+        "|---|---:|---:|",
+    ]
     for kind, t in prof["by_kind"].items():
         if t["macs"] or t["params"]:
             lines.append(f"| {KIND_TITLES[kind]} | {t['macs']:,} | {t['params']:,} |")
@@ -126,8 +175,13 @@ def table4_markdown(run: Run) -> str:
 
 def _git_commit() -> str:
     try:
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10)  # fmt: skip
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return result.stdout.strip() if result.returncode == 0 else "unknown (not a git checkout)"
@@ -156,37 +210,61 @@ def provenance(runs: list[Run]) -> str:
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- device (report): {_device()}",
         *[f"- training of {run.name}: {_training(run)}" for run in runs],
-        f"- versions (training): condnet {first.versions.get('condnet', '?')}, torch {first.versions.get('torch', '?')}",
+        f"- versions (training): condnet {first.versions.get('condnet', '?')}, "
+        f"torch {first.versions.get('torch', '?')}",
         f"- git commit: {_git_commit()}",
         f"- seed: {first.config.run.seed}",
-        "", "Configuration (the same for every block):", "", "```yaml",
-        yaml.safe_dump(config, sort_keys=False).strip(), "```",
-    ]  # fmt: skip
+        "",
+        "Configuration (the same for every block):",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False).strip(),
+        "```",
+    ]
     return "\n".join(lines)
 
 
-def build_report(root: str | Path, names: list[str] = MODELS) -> tuple[Path, list[dict[str, Any]]]:
-    """Write `root/report.md` and `root/figure5.png` from the runs in `root/<name>`."""
+def build_report(
+    root: str | Path, names: list[str] | None = None
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Write `root/report.md` and `root/figure5.png` from the runs in `root/<name>` (by
+    default the paper's networks)."""
     root = Path(root)
-    runs = find_runs(root, names)
+    runs = find_runs(root, names or list_models(paper_order=True))
     plot_curves(runs, root / "figure5.png")
     rows = table3(runs)
     unfinished = [r.name for r in runs if not r.finished]
     parts = [
-        "# condnet reproduction report", "",
+        "# condnet reproduction report",
+        "",
         f"Runs in `{root}`: {', '.join(r.name for r in runs)}."
-        + (f" Unfinished: {', '.join(unfinished)}." if unfinished else ""), "",
-        "## Table 3: training time and accuracy", "", table3_markdown(rows), "",
+        + (f" Unfinished: {', '.join(unfinished)}." if unfinished else ""),
+        "",
+        "## Table 3: training time and accuracy",
+        "",
+        table3_markdown(rows),
+        "",
         "Training time is the sum of the epochs' wall-clock time (training and per-epoch "
         "evaluation); images/s is the training throughput averaged over epochs. Paper figures "
         "are for ImageNet-100 at 56x56 on one GPU; the paper did not report the "
-        "SE + CondConv block.", "", *[f"- {note}" for note in table3_notes(runs)], "",
-        "## Figure 5: per-epoch accuracy and loss", "", "![Figure 5](figure5.png)", "",
-        "## Table 4: complexity per block", "",
-        "Counted from the trained networks with forward hooks at the training crop size.", "",
+        "SE + CondConv block.",
+        "",
+        *[f"- {note}" for note in table3_notes(runs)],
+        "",
+        "## Figure 5: per-epoch accuracy and loss",
+        "",
+        "![Figure 5](figure5.png)",
+        "",
+        "## Table 4: complexity per block",
+        "",
+        "Counted from the trained networks with forward hooks at the training crop size.",
+        "",
         *[table4_markdown(run) + "\n" for run in runs],
-        "## What produced this report", "", provenance(runs), "",
-    ]  # fmt: skip
+        "## What produced this report",
+        "",
+        provenance(runs),
+        "",
+    ]
     path = root / "report.md"
     path.write_text("\n".join(parts))
     return path, rows

@@ -33,7 +33,9 @@ def plot_curves(runs: list[Run], path: Path) -> Path:
         ax.legend()
         ax.xaxis.get_major_locator().set_params(integer=True)
         if per_epoch:
-            top = ax.secondary_xaxis("top", functions=(lambda e: e * per_epoch / 1000, lambda k: k * 1000 / per_epoch))
+            top = ax.secondary_xaxis(
+                "top", functions=(lambda e: e * per_epoch / 1000, lambda k: k * 1000 / per_epoch)
+            )
             top.set_xlabel("training images seen (thousands)")
     fig.suptitle("Figure 5: per-epoch accuracy and loss curves")
     fig.tight_layout()

@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -26,7 +27,9 @@ def routing_records(folder: str | Path) -> list[dict[str, Any]]:
     """The run's routing records; a one-line error when it has none."""
     records = read_routing(folder)
     if not any(r["phase"] == "val" for r in records):
-        raise CondnetError(f"{folder}: no routing.jsonl with an evaluated epoch (only CondConv runs write one)")
+        raise CondnetError(
+            f"{folder}: no routing.jsonl with an evaluated epoch (only CondConv runs write one)"
+        )
     return records
 
 
@@ -34,17 +37,34 @@ def last_eval(records: list[dict[str, Any]]) -> dict[str, Any]:
     return [r for r in records if r["phase"] == "val"][-1]
 
 
-def plot_by_class(records: list[dict[str, Any]], path: Path, class_names: Sequence[str] = ()) -> Path:
+def plot_by_class(
+    records: list[dict[str, Any]], path: Path, class_names: Sequence[str] = ()
+) -> Path:
     """Mean routing weight per class and expert, one heat map per block (last evaluated epoch)."""
     record = last_eval(records)
     blocks = record["blocks"]
     cols = min(4, len(blocks))
     rows = math.ceil(len(blocks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 1.9 * rows + 1.2), dpi=110, squeeze=False,
-                             layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(3.4 * cols, 1.9 * rows + 1.2),
+        dpi=110,
+        squeeze=False,
+        layout="constrained",
+    )
     top = max(max(max(c) for c in block) for block in record["per_class"])
-    for i, (ax, block, per_class) in enumerate(zip(axes.flat, blocks, record["per_class"])):
-        image = ax.imshow([list(col) for col in zip(*per_class)], aspect="auto", cmap="viridis", vmin=0, vmax=top)
+    # The grid may hold more axes than there are blocks: the spare ones are switched off below.
+    for i, (ax, block, per_class) in enumerate(
+        zip(axes.flat, blocks, record["per_class"], strict=False)
+    ):
+        image = ax.imshow(
+            [list(col) for col in zip(*per_class, strict=True)],
+            aspect="auto",
+            cmap="viridis",
+            vmin=0,
+            vmax=top,
+        )
         ax.set_title(block["block"], fontsize=8)
         ax.set_yticks(range(len(per_class[0])))
         ax.tick_params(labelsize=6)
@@ -55,7 +75,7 @@ def plot_by_class(records: list[dict[str, Any]], path: Path, class_names: Sequen
             ax.set_xticks([])
         if i % cols == 0:
             ax.set_ylabel("expert", fontsize=7)
-    for ax in list(axes.flat)[len(blocks):]:
+    for ax in list(axes.flat)[len(blocks) :]:
         ax.axis("off")
     fig.colorbar(image, ax=axes, shrink=0.6, label="mean routing weight")
     if not class_names or len(class_names) > 20:
@@ -84,13 +104,20 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> Path:
     for r in samples:
         steps[r["epoch"]] = max(steps.get(r["epoch"], 0), r["step"] + 1)
     x = [r["epoch"] + r["step"] / steps[r["epoch"]] for r in samples]
-    fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(4 * len(TRAINING_PANELS), 3.6), dpi=110)
+    fig, axes = plt.subplots(
+        1, len(TRAINING_PANELS), figsize=(4 * len(TRAINING_PANELS), 3.6), dpi=110
+    )
     names = [b["block"] for b in samples[0]["blocks"]]
     colors = plt.cm.viridis([i / max(len(names) - 1, 1) for i in range(len(names))])
-    for ax, (key, title, log) in zip(axes, TRAINING_PANELS):
+    for ax, (key, title, log) in zip(axes, TRAINING_PANELS, strict=True):
         for i, name in enumerate(names):
-            ax.plot(x, [_train_value(r["blocks"][i], key) for r in samples], color=colors[i], lw=1,
-                    label=name if ax is axes[0] else None)  # fmt: skip
+            ax.plot(
+                x,
+                [_train_value(r["blocks"][i], key) for r in samples],
+                color=colors[i],
+                lw=1,
+                label=name if ax is axes[0] else None,
+            )
         ax.set(title=title, xlabel="epoch", yscale="log" if log else "linear")
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
@@ -113,12 +140,16 @@ def routing_table(records: list[dict[str, Any]]) -> str:
     """Markdown: the last evaluated epoch's routing statistics per block."""
     record = last_eval(records)
     lines = [
-        f"Routing weights on the validation set, epoch {record['epoch'] + 1}:", "",
-        "| block | mean | spread | spread across examples | < 0.05 | > 0.95 | entropy | mean per expert |",
+        f"Routing weights on the validation set, epoch {record['epoch'] + 1}:",
+        "",
+        "| block | mean | spread | spread across examples | < 0.05 | > 0.95 | entropy "
+        "| mean per expert |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
-    ]  # fmt: skip
+    ]
     for b in record["blocks"]:
         experts = " ".join(f"{v:.2f}" for v in b["expert_means"])
-        lines.append(f"| {b['block']} | {b['mean']:.3f} | {b['std']:.3f} | {b['example_std']:.3f} | {b['low']:.1%} "
-                     f"| {b['high']:.1%} | {b['entropy']:.3f} | {experts} |")  # fmt: skip
+        lines.append(
+            f"| {b['block']} | {b['mean']:.3f} | {b['std']:.3f} | {b['example_std']:.3f} "
+            f"| {b['low']:.1%} | {b['high']:.1%} | {b['entropy']:.3f} | {experts} |"
+        )
     return "\n".join(lines)

@@ -11,13 +11,7 @@ from condnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from condnet.engine.metrics import read_metrics
 from condnet.errors import CondnetError
 from condnet.models import CondNet
-
-# SPEC section 5: the paper's Table 3 (training time in hours, top-1 in percent).
-PAPER_TABLE3 = {
-    "paper-standard": {"hours": 5.0, "top1": 72.26},
-    "paper-se": {"hours": 4.0, "top1": 74.04},
-    "paper-condconv": None,  # "Optional" in the paper: not reported
-}
+from condnet.paper import TABLE3
 
 
 @dataclass
@@ -58,7 +52,7 @@ class Run:
             "params": sum(p.numel() for p in self.model.parameters()),
             "precision": self.recorded("precision"),
             "device": self.recorded("device"),
-            "paper": PAPER_TABLE3.get(self.name),
+            "paper": TABLE3.get(self.name),
         }
 
 
@@ -69,13 +63,16 @@ def read_run(folder: Path) -> Run:
         raise CondnetError(f"{folder}: no metrics.jsonl; not a finished run")
     config = load_config(folder / "config.yaml")
     versions, resumes = state.get("versions", {}), state.get("resumes", [])
-    return Run(config.model.name, folder, config, metrics, model_from_checkpoint(state), versions,
-               resumes)  # fmt: skip
+    return Run(
+        config.model.name, folder, config, metrics, model_from_checkpoint(state), versions, resumes
+    )
 
 
 def find_runs(root: Path, names: list[str]) -> list[Run]:
     """The runs `root/<name>` that have a checkpoint, in `names` order."""
     runs = [read_run(root / n) for n in names if (root / n / "last.pt").is_file()]
     if not runs:
-        raise CondnetError(f"{root}: no finished runs (expected {', '.join(f'{n}/last.pt' for n in names)})")
+        raise CondnetError(
+            f"{root}: no finished runs (expected {', '.join(f'{n}/last.pt' for n in names)})"
+        )
     return runs

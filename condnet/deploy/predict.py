@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from condnet.bundle import TransformSpec
 from condnet.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, BadImage, load_rgb
+from condnet.data.transforms import TransformSpec
+from condnet.deploy.inference import prepare_inference
+from condnet.deploy.model_file import read_bundle
 from condnet.errors import CondnetError
-from condnet.inference import prepare_inference
-from condnet.weights import read_bundle
 
 ONNX_SUFFIX = ".onnx"
 
@@ -59,7 +59,7 @@ class Failure:
 def load_classifier(path: str | os.PathLike) -> Classifier:
     """A `Classifier` from a ``.onnx`` file, a ``.safetensors`` file or a checkpoint."""
     if Path(path).suffix == ONNX_SUFFIX:
-        from condnet.export import OnnxClassifier  # needs the optional onnxruntime
+        from condnet.deploy.export import OnnxClassifier  # needs the optional onnxruntime
 
         session = OnnxClassifier(path)
         in_channels = session.spec.in_channels
@@ -120,7 +120,7 @@ def predict(
         decoded = [_decode(item, transform, resize) for item in chunk]
         images = [item for item in decoded if isinstance(item, Tensor)]
         tops = iter(_top(classifier, torch.stack(images), topk) if images else [])
-        for path, item in zip(chunk, decoded):
+        for path, item in zip(chunk, decoded, strict=True):
             yield item if isinstance(item, Failure) else Prediction(str(path), next(tops))
 
 
@@ -144,8 +144,8 @@ def _top(classifier: Classifier, images: Tensor, topk: int) -> list[list[tuple[i
     values, indices = probabilities.topk(min(topk, probabilities.shape[1]), dim=1)
     names = classifier.class_names
     return [
-        [(i, names[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
-        for row_i, row_p in zip(indices, values)
+        [(i, names[i], p) for i, p in zip(row_i.tolist(), row_p.tolist(), strict=True)]
+        for row_i, row_p in zip(indices, values, strict=True)
     ]
 
 

@@ -1,7 +1,7 @@
 """Inference latency and throughput of one model under several backends and batch sizes.
 
 Backends: ``eager`` (the model as trained), ``fused`` (BN folded and channels_last weights,
-`condnet.inference.prepare_inference`), ``compile``
+`condnet.deploy.inference.prepare_inference`), ``compile``
 (`torch.compile` of the fused model) and ``onnxruntime`` (the exported ONNX file). Each
 (backend, batch) pair runs `warmup` untimed forward passes, then `iters` timed ones; the median
 is reported, so one slow outlier (a page fault, another process) does not move the result.
@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from condnet.bundle import Bundle, TransformSpec
+from condnet.data.transforms import TransformSpec
+from condnet.deploy.bundle import Bundle
+from condnet.deploy.inference import prepare_inference
 from condnet.errors import CondnetError
-from condnet.inference import prepare_inference
 from condnet.models import CondNet
 
 BACKENDS = ("eager", "fused", "compile", "onnxruntime")
@@ -41,6 +42,7 @@ class Timing:
 
 def bench(
     model: CondNet,
+    *,
     backends: Sequence[str] = ("eager", "fused"),
     batches: Sequence[int] = (1, 64),
     device: str = "cpu",
@@ -53,19 +55,21 @@ def bench(
     The PyTorch backends use the model's CondConv formulation; ``onnxruntime`` always runs the
     exported ``batched`` one.
     """
-    _validate(backends, batches, device, iters, warmup, resolution)
+    _validate(backends, batches, device=device, iters=iters, warmup=warmup, resolution=resolution)
     timings = []
     with tempfile.TemporaryDirectory(prefix="condnet-bench-") as workdir:
         for backend in backends:
             run = _runner(model, backend, device, resolution, Path(workdir))
             for batch in batches:
                 images = torch.randn(batch, model.spec.in_channels, resolution, resolution)
-                seconds = _median_seconds(run, images.to(device), device, iters, warmup)
+                seconds = _median_seconds(
+                    run, images.to(device), device=device, iters=iters, warmup=warmup
+                )
                 timings.append(Timing(backend, batch, seconds * 1e3, batch / seconds))
     return timings
 
 
-def _validate(backends, batches, device, iters, warmup, resolution) -> None:
+def _validate(backends, batches, *, device, iters, warmup, resolution) -> None:
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise CondnetError(
@@ -84,7 +88,7 @@ def _runner(
 ) -> Callable[[Tensor], Any]:
     """A function that runs one forward pass of `model` under `backend`."""
     if backend == "onnxruntime":
-        from condnet.export import OnnxClassifier, export_onnx
+        from condnet.deploy.export import OnnxClassifier, export_onnx
 
         path = workdir / "model.onnx"
         names = [str(i) for i in range(model.num_classes)]
@@ -103,7 +107,7 @@ def _runner(
 
 
 def _median_seconds(
-    run: Callable[[Tensor], Any], images: Tensor, device: str, iters: int, warmup: int
+    run: Callable[[Tensor], Any], images: Tensor, *, device: str, iters: int, warmup: int
 ) -> float:
     for _ in range(warmup):
         run(images)

@@ -11,18 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from condnet.fuse import fuse
-
-
-def channels_last_weights(model: nn.Module) -> nn.Module:
-    """Store every 4-D parameter channels_last, in place; returns `model`.
-
-    (`Module.to(memory_format=...)` refuses the 5-D CondConv expert weights.)
-    """
-    for param in model.parameters():
-        if param.dim() == 4:
-            param.data = param.data.contiguous(memory_format=torch.channels_last)
-    return model
+from condnet.deploy.fuse import fuse
+from condnet.models.layout import channels_last_weights
 
 
 class PointwiseConv2d(nn.Conv2d):
@@ -42,8 +32,13 @@ class PointwiseConv2d(nn.Conv2d):
 
 
 def _pointwise(conv: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.groups == 1 and conv.padding == (0, 0))  # fmt: skip
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.groups == 1
+        and conv.padding == (0, 0)
+    )
 
 
 def pointwise_as_matmul(model: nn.Module) -> nn.Module:

@@ -1,4 +1,4 @@
-"""Model files: safetensors weights with their metadata, and one reader for every model file.
+"""safetensors weights files, with the metadata that makes them self-contained.
 
 A weights file holds the unfused state dict (so training can resume from it) and, as metadata,
 the model spec, class names, eval transform and condnet version: `load_pretrained` rebuilds the
@@ -13,8 +13,8 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from condnet.bundle import Bundle, read_metadata
-from condnet.engine.checkpoint import load_checkpoint
+from condnet.deploy.bundle import Bundle, read_metadata
+from condnet.engine.checkpoint import rebuild_model
 from condnet.errors import CondnetError
 from condnet.files import write_atomically
 from condnet.models import CondNet
@@ -41,22 +41,10 @@ def read_weights(path: str | os.PathLike) -> Bundle:
     except (SafetensorError, OSError, ValueError) as err:
         raise CondnetError(f"{path}: not a readable safetensors file ({err})") from None
     spec, class_names, transform = read_metadata(meta, str(path))
-    model = CondNet(spec)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0][:200]
-        raise CondnetError(f"{path}: weights do not fit the model spec: {first}") from None
-    return Bundle(model.eval(), class_names, transform)
+    model = rebuild_model(spec, state, f"{path}: weights do not fit the model spec")
+    return Bundle(model, class_names, transform)
 
 
 def load_pretrained(path: str | os.PathLike) -> CondNet:
     """Rebuild the model (eval mode) from a weights file written by `condnet export --weights`."""
     return read_weights(path).model
-
-
-def read_bundle(path: str | os.PathLike) -> Bundle:
-    """A model file of either kind: ``.safetensors`` weights or a checkpoint (.pt, run folder)."""
-    if Path(path).suffix == WEIGHTS_SUFFIX:
-        return read_weights(path)
-    return Bundle.from_checkpoint(load_checkpoint(path))

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from condnet.bundle import Bundle, read_metadata
-from condnet.errors import CondnetError
+from condnet.deploy.bundle import Bundle, read_metadata
+from condnet.deploy.fuse import fuse
+from condnet.errors import CondnetError, first_line
 from condnet.files import write_atomically
-from condnet.fuse import fuse
 from condnet.models.condconv import set_formulation
 
 OPSET = 17
@@ -57,10 +57,15 @@ def export_onnx(bundle: Bundle, path: str | os.PathLike, opset: int = OPSET) -> 
         # The TorchScript exporter announces its deprecation on every call.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (example,), buffer, dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )  # fmt: skip
+        )
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in bundle.metadata().items():
         proto.metadata_props.add(key=key, value=value)
@@ -80,18 +85,13 @@ class OnnxClassifier:
         try:
             self.session = ort.InferenceSession(str(path), providers=[provider])
         except Exception as err:  # noqa: BLE001 (onnxruntime's own exception types)
-            raise CondnetError(f"{path}: not a readable ONNX model ({_first_line(err)})") from None
+            raise CondnetError(f"{path}: not a readable ONNX model ({first_line(err)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.spec, self.class_names, self.transform = read_metadata(meta, str(path))
 
     def __call__(self, images: Tensor) -> Tensor:
         feed = {INPUT_NAME: images.detach().cpu().numpy().astype(np.float32, copy=False)}
         return torch.from_numpy(self.session.run([OUTPUT_NAME], feed)[0])
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else type(err).__name__
 
 
 @torch.no_grad()

@@ -1,0 +1,100 @@
+"""Evaluation: the validation pass of the one training loop, and a checkpoint evaluated on
+the validation set its own config describes (`condnet evaluate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from condnet.config import from_dict
+from condnet.data.datasets import load_splits
+from condnet.engine import distributed
+from condnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from condnet.engine.diagnostics import RoutingMonitor
+from condnet.engine.loaders import Loader, eval_loader, split_data
+from condnet.engine.metrics import correct_topk
+from condnet.engine.runtime import Runtime, make_runtime, place_model
+from condnet.errors import CondnetError
+
+
+def progress_bar(iterable, total: int, desc: str, enabled: bool) -> Any:
+    """`iterable` with a progress bar on stderr when `enabled`."""
+    return tqdm(
+        iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True
+    )
+
+
+def count_bad_images(messages: list[str], on_bad_image: str) -> int:
+    """Count unreadable images; with data.on_bad_image=error, stop at the first."""
+    if messages and on_bad_image == "error":
+        raise CondnetError(f"{messages[0]} (data.on_bad_image=error)")
+    return len(messages)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Loader,
+    rt: Runtime,
+    *,
+    progress: bool = False,
+    monitor: RoutingMonitor | None = None,
+    on_bad_image: str = "skip",
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) over the loader's examples, summed over all ranks.
+
+    Rows labelled -100 (padding of a fixed-shape last batch) count nowhere. `monitor` collects
+    the routing weights of every example. Unreadable images are left out, or stop the
+    evaluation with `on_bad_image="error"`.
+    """
+    model.eval()
+    if monitor is not None:
+        monitor.start_eval()
+    sums = torch.zeros(4, device=rt.device)  # loss, top-1 hits, top-5 hits, count
+    for images, labels, bad in progress_bar(loader, len(loader), "eval", progress):
+        count_bad_images(bad, on_bad_image)
+        if labels.numel() == 0:
+            continue
+        images, labels = rt.to_device(images, labels)
+        with rt.autocast():
+            logits = model(images).float()
+        if monitor is not None:
+            monitor.observe_eval(labels)
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum")
+        sums[1:3] += correct_topk(logits, labels)
+        sums[3] += (labels >= 0).sum()
+    loss, top1, top5, count = distributed.sum_across(sums, rt.dist).tolist()
+    if count == 0:
+        raise CondnetError("evaluation: the validation set has no readable images")
+    return {
+        "loss": loss / count,
+        "top1": 100 * top1 / count,
+        "top5": 100 * top5 / count,
+        "count": int(count),
+    }
+
+
+def evaluate_checkpoint(
+    path: str | Path, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Validation loss, top-1 and top-5 of a checkpoint, with its own data config (+ overrides)."""
+    state = load_checkpoint(path)
+    if "config" not in state:
+        raise CondnetError(f"{path}: has no training config; cannot rebuild its validation set")
+    cfg = from_dict(state["config"], overrides)
+    rt = make_runtime(cfg.run)
+    _, val_split = load_splits(cfg.data, cfg.run.seed)
+    if len(val_split.class_names) != len(state["class_names"]):
+        raise CondnetError(
+            f"the data has {len(val_split.class_names)} classes, "
+            f"the checkpoint {len(state['class_names'])}"
+        )
+    val_set = split_data(cfg, rt, val_split, "val")
+    model = place_model(model_from_checkpoint(state), rt)
+    result = evaluate(model, eval_loader(cfg, val_set, rt), rt, on_bad_image=cfg.data.on_bad_image)
+    return {"checkpoint": str(path), "epoch": state.get("epoch"), **result, **rt.record()}

@@ -1,0 +1,112 @@
+"""The tensor pipeline's loader (`condnet.data.tensor_loader`): its batches equal torchvision's."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from condnet.data.datasets import load_splits
+from condnet.data.tensor_loader import DeviceSplit, TensorLoader
+from condnet.data.transforms import eval_transform, train_transform
+from condnet.engine.distributed import Dist
+from condnet.engine.evaluation import evaluate
+from condnet.engine.runtime import Runtime
+from condnet.engine.trainer import build_network
+from tests.helpers import array_split, device_split, paper_data, tiny_config, write_imagefolder
+
+CPU = Runtime(torch.device("cpu"), Dist(), amp=False, channels_last=False)
+PAPER = paper_data()
+
+
+def test_flip_rate_is_hflip():
+    ramp = (
+        torch.arange(16, dtype=torch.uint8).repeat(16, 1)[None, :, :, None].expand(2000, 16, 16, 3)
+    )
+    split = DeviceSplit(
+        ramp.contiguous(), torch.full((2000, 2), 16), torch.zeros(2000, dtype=torch.long)
+    )
+    cfg = tiny_config(
+        **{
+            "data.resize": 16,
+            "data.crop": 16,
+            "data.scale": [1.0, 1.0],
+            "data.ratio": [1.0, 1.0],
+            "data.mean": [0, 0, 0],
+            "data.std": [1, 1, 1],
+        }
+    ).data
+    images, _, _ = next(iter(TensorLoader(split, 2000, cfg, torch.Generator().manual_seed(1))))
+    flipped = images[:, 0, 0, 0] > images[:, 0, 0, -1]
+    ramp_row = torch.arange(16.0).expand(int((~flipped).sum()), 16)
+    assert torch.allclose(images[~flipped, 0, 0] * 255, ramp_row, atol=1e-3)
+    assert abs(flipped.float().mean().item() - 0.5) < 0.04
+
+
+def test_normalised_values_match_the_torchvision_path(tmp_path):
+    split = array_split(count=200)
+    tensor_images, _, _ = next(
+        iter(
+            TensorLoader(
+                device_split(split, tmp_path), 200, PAPER, torch.Generator().manual_seed(0)
+            )
+        )
+    )
+    transform = train_transform(
+        56, scale=PAPER.scale, ratio=PAPER.ratio, hflip=PAPER.hflip, mean=PAPER.mean, std=PAPER.std
+    )
+    torch.manual_seed(0)
+    vision = torch.stack([transform(torch.from_numpy(im).permute(2, 0, 1)) for im in split.images])
+    assert tensor_images.shape == vision.shape == (200, 3, 56, 56)
+    mean, std = torch.tensor(PAPER.mean)[:, None], torch.tensor(PAPER.std)[:, None]
+    low, high = (-mean / std).squeeze(1), ((1 - mean) / std).squeeze(1)
+    for images in (tensor_images, vision):
+        flat = images.transpose(0, 1).reshape(3, -1)
+        assert (flat.min(1).values >= low - 1e-5).all() and (
+            flat.max(1).values <= high + 1e-5
+        ).all()
+    per_channel = lambda x: x.transpose(0, 1).reshape(3, -1)  # noqa: E731
+    assert torch.allclose(
+        per_channel(tensor_images).mean(1), per_channel(vision).mean(1), atol=0.02
+    )
+    assert torch.allclose(per_channel(tensor_images).std(1), per_channel(vision).std(1), atol=0.05)
+
+
+@pytest.mark.parametrize("source", ["arrays", "files"])
+def test_eval_batches_equal_the_torchvision_eval_transform(tmp_path, source):
+    if source == "arrays":
+        split, resize, crop = array_split(count=10), 64, 56
+    else:  # non-square files, resized by the cache as the eval transform resizes them
+        root = write_imagefolder(tmp_path / "data", per_class=3)
+        long = np.random.default_rng(0).integers(0, 256, (20, 80, 3), dtype=np.uint8)
+        Image.fromarray(long).save(root / "val" / "cat" / "long.png")  # beyond 3:2, cut to 48
+        split, resize, crop = (
+            load_splits(
+                tiny_config(**{"data.source": "imagefolder", "data.root": str(root)}).data, 0
+            )[1],
+            32,
+            28,
+        )
+    cfg = tiny_config(**{"data.resize": resize, "data.crop": crop}).data
+    loader = TensorLoader(device_split(split, tmp_path / "c", resize, crop), 4, cfg)
+    images = torch.cat([batch for batch, _, _ in loader])[: len(split)]
+    transform = eval_transform(resize, crop, cfg.mean, cfg.std)
+    if source == "arrays":
+        vision = [transform(torch.from_numpy(im).permute(2, 0, 1)) for im in split.images]
+    else:
+        vision = [transform(Image.open(path).convert("RGB")) for path in split.images]
+    assert torch.equal(images, torch.stack(vision))
+
+
+def test_padded_evaluation_gives_exactly_the_unpadded_metrics(tmp_path):
+    cfg = tiny_config(**{"data.resize": 64, "data.crop": 56})
+    split = device_split(array_split(count=50), tmp_path)
+    model = build_network(cfg, 4)
+    padded = TensorLoader(split, 16, cfg.data)
+    batches = list(padded)
+    assert len(padded) == 4 and [b[0].shape[0] for b in batches] == [16] * 4
+    assert (batches[-1][1] == -100).sum() == 14
+    result = evaluate(model, padded, CPU)
+    whole = evaluate(model, TensorLoader(split, 50, cfg.data), CPU)
+    assert result["count"] == whole["count"] == 50
+    assert (result["top1"], result["top5"]) == (whole["top1"], whole["top5"])
+    assert result["loss"] == pytest.approx(whole["loss"], rel=1e-6)
