@@ -68,6 +68,16 @@ CANDIDATES: dict[str, tuple[str, dict[str, object], str]] = {
         rate(1.0) | AUTO,
         "each router's rate matched to its experts' (measured at the first step)",
     ),
+    "clip-1": (
+        CONDCONV,
+        rate(1.0) | {"train.routing_grad_clip": 1.0},
+        "each step, each router's gradient/weight capped at its experts'",
+    ),
+    "clip-3": (
+        CONDCONV,
+        rate(1.0) | {"train.routing_grad_clip": 3.0},
+        "each step, each router's gradient/weight capped at 3 x its experts'",
+    ),
     "auto-softmax": (CONDCONV, rate(1.0) | AUTO | SOFTMAX, "softmax routing, rates as in auto"),
     "lr-0.01-softmax-T30": (
         CONDCONV,

@@ -183,6 +183,7 @@ def test_resume_is_bit_identical_with_routing_schedules(tmp_path, per_step):
             "train.routing_anneal_epochs": 2.0,
             "train.routing_warmup_epochs": 1.5,
             "train.lr_per_step": per_step,
+            "train.routing_grad_clip": 2.0,
         }
     )
     train(cfg, tmp_path / "full", progress=False)
@@ -207,3 +208,36 @@ def test_files_without_a_temperature_still_load():
     set_temperature(fresh, 4.0)
     fresh.load_state_dict(state)
     assert all(r.temperature.item() == 1.0 for r in routers(fresh))
+
+
+def test_router_gradients_capped_relative_to_their_experts():
+    from condnet.engine.diagnostics import grad_to_weight
+    from condnet.engine.routing_rates import clip_relative
+
+    router = [torch.full((4, 3), 0.5), torch.zeros(4)]  # ||w|| = sqrt(6)
+    experts = [torch.ones(2, 8)]  # ||w|| = 4
+    router[0].grad, router[1].grad = torch.full((4, 3), 2.0), torch.full((4,), 1.0)
+    experts[0].grad = torch.full((2, 8), 0.1)  # ratio 0.4 / 4 = 0.1
+    clip_relative(router, experts, limit=2.0)
+    assert grad_to_weight(router).item() == pytest.approx(0.2)
+    assert router[1].grad[0].item() == pytest.approx(router[0].grad[0, 0].item() / 2)  # one factor
+    before = [g.grad.clone() for g in router]
+    clip_relative(router, experts, limit=100.0)  # already below: unchanged
+    assert all(torch.equal(p.grad, b) for p, b in zip(router, before, strict=True))
+
+
+def test_grad_clip_holds_the_routers_back(tmp_path):
+    cfg = tiny_config(**{"model.name": "paper-condconv", "train.epochs": 1})
+    clipped = tiny_config(
+        **{"model.name": "paper-condconv", "train.epochs": 1, "train.routing_grad_clip": 1e-3}
+    )
+    train(cfg, tmp_path / "plain", progress=False, stop_after=1)
+    train(clipped, tmp_path / "clipped", progress=False, stop_after=1)
+    plain, capped = (
+        load_checkpoint(tmp_path / n / "last.pt")["model"] for n in ("plain", "clipped")
+    )
+    torch.manual_seed(cfg.run.seed)  # the trainer's initial weights
+    start = build_network(cfg, 4).state_dict()
+    router_keys = [k for k in plain if ".routing.fc." in k]
+    moved = lambda state, k: (state[k] - start[k]).norm().item()  # noqa: E731
+    assert all(moved(capped, k) < 0.1 * moved(plain, k) for k in router_keys)

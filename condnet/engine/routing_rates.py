@@ -1,34 +1,72 @@
-"""Router learning rates derived from the measured gradient scale (`train.routing_lr_auto`).
+"""How fast CondConv routers learn, from their measured gradient scale.
 
-A router's logit moves every weight of the three convolutions it routes, so its gradient is a
-sum over whole kernels: at the first step its gradient is tens to hundreds of times larger,
-relative to its weights, than its experts' (measured in the README's section on training block
-C). Calibration measures both ratios on the first batch and scales each router's rate so that
-its relative update matches its experts'; the scales are kept in the optimizer's groups, so a
-resumed run uses the same ones.
+A router's logit moves every weight of the convolutions it routes, so its gradient is a sum
+over whole kernels: relative to its weights it is tens to hundreds of times larger than its
+experts' (measured in the README's section on training block C), and the gap widens as the
+experts' weights grow during training. Two remedies, each measured there:
+
+- `train.routing_grad_clip` (every step): each router's gradient is scaled down, where needed,
+  so that its gradient-to-weight ratio is at most this multiple of its experts' ratio. Tensor
+  operations only: no host sync.
+- `train.routing_lr_auto` (once): at the first step, each router's rate is scaled so that its
+  relative update matches its experts'; the factor is kept in the optimizer's group, so a
+  resumed run uses the same one.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from condnet.config import TrainConfig
 from condnet.engine.diagnostics import grad_to_weight, routed_experts
+
+
+class RouterRates:
+    """Applies the two settings above after each backward pass of `model`."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+        self.pairs = [(list(r.parameters()), experts) for r, experts in routed_experts(model)]
+        self.clip, self.auto = cfg.routing_grad_clip, cfg.routing_lr_auto
+
+    @classmethod
+    def wanted(cls, model: nn.Module, cfg: TrainConfig) -> RouterRates | None:
+        active = cfg.routing_grad_clip > 0 or cfg.routing_lr_auto
+        return cls(model, cfg) if active and routed_experts(model) else None
+
+    @torch.no_grad()
+    def after_backward(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.auto and needs_calibration(optimizer):
+            calibrate(self.pairs, optimizer)
+        if self.clip > 0:
+            for router, experts in self.pairs:
+                clip_relative(router, experts, self.clip)
+
+
+def clip_relative(router: list[Tensor], experts: list[Tensor], limit: float) -> None:
+    """Scale the router's gradients so that their ratio to its weights is at most `limit`
+    times the experts' ratio (unchanged when already below)."""
+    allowed = limit * grad_to_weight(experts)
+    factor = (allowed / grad_to_weight(router).clamp_min(1e-30)).clamp(max=1.0)
+    for param in router:
+        if param.grad is not None:
+            param.grad.mul_(factor.to(param.grad.dtype))
 
 
 def needs_calibration(optimizer: torch.optim.Optimizer) -> bool:
     return any(g.get("routing") and not g.get("calibrated") for g in optimizer.param_groups)
 
 
-@torch.no_grad()
-def calibrate_router_rates(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[float]:
-    """After a backward pass: multiply each router group's `lr_scale` by
-    ``(expert grad / weight) / (router grad / weight)``; returns the factors."""
+def calibrate(
+    pairs: list[tuple[list[Tensor], list[Tensor]]], optimizer: torch.optim.Optimizer
+) -> list[float]:
+    """Multiply each router group's `lr_scale` by ``(expert grad / weight) / (router grad /
+    weight)`` (at most 1); returns the factors."""
     groups = {id(p): g for g in optimizer.param_groups if g.get("routing") for p in g["params"]}
     factors = []
-    for router, experts in routed_experts(model):
-        group = groups[id(router.fc.weight)]
-        ratio = grad_to_weight(experts) / grad_to_weight(list(router.parameters())).clamp_min(1e-30)
+    for router, experts in pairs:
+        group = groups[id(router[0])]
+        ratio = grad_to_weight(experts) / grad_to_weight(router).clamp_min(1e-30)
         factor = float(ratio.clamp(1e-4, 1.0))  # never faster than the other layers
         group["lr_scale"] *= factor
         group["lr"] *= factor  # this step's rate too

@@ -22,7 +22,7 @@ from condnet.engine.evaluation import count_bad_images, evaluate, progress_bar
 from condnet.engine.loaders import Loader, eval_loader, eval_subset, split_data, train_loader
 from condnet.engine.metrics import MetricsLog, truncate_metrics
 from condnet.engine.resume import apply_optimizer_settings, check_resume, check_resume_overrides
-from condnet.engine.routing_rates import calibrate_router_rates, needs_calibration
+from condnet.engine.routing_rates import RouterRates
 from condnet.engine.runtime import (
     Runtime,
     make_runtime,
@@ -48,10 +48,12 @@ def train_one_epoch(
     progress: bool,
     stop: StopSignals,
     monitor: RoutingMonitor | None = None,
+    routers: RouterRates | None = None,
 ) -> tuple[float, int, int]:
     """One pass over `loader`. Returns (mean loss, images seen, images skipped).
 
-    `monitor` samples routing statistics after the backward pass of every few steps.
+    After each backward pass, `routers` adjusts the CondConv routers' gradients or rates and
+    `monitor` samples routing statistics (every few steps).
     """
     model.train()
     loss_sum = torch.zeros((), device=rt.device)
@@ -69,8 +71,8 @@ def train_one_epoch(
             loss = F.cross_entropy(model(images), labels, label_smoothing=cfg.train.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.train.routing_lr_auto and needs_calibration(optimizer):
-            calibrate_router_rates(model, optimizer)
+        if routers is not None:
+            routers.after_backward(optimizer)
         if monitor is not None:
             monitor.train_step(step)
         optimizer.step()
@@ -238,6 +240,7 @@ def train(
     place_model(model, rt)
     _optimizer_to(optimizer, rt.device)
     monitor = _monitor(model, cfg, len(train_split.class_names))
+    routers = RouterRates.wanted(model, cfg.train)
     net = _wrap(model, cfg, rt)
     save = _saver(
         out, model, optimizer, cfg, rt=rt, class_names=train_split.class_names, resumes=resumes
@@ -270,6 +273,7 @@ def train(
                     progress=progress,
                     stop=stop,
                     monitor=monitor,
+                    routers=routers,
                 )
                 metrics.append(record)
                 routing = (
@@ -359,13 +363,23 @@ def _run_epoch(
     progress: bool,
     stop: StopSignals,
     monitor: RoutingMonitor | None,
+    routers: RouterRates | None,
 ) -> dict[str, Any]:
     lr = apply_schedule(net, optimizer, epoch, cfg.train)
     generator = seed_epoch(cfg.run.seed, epoch, rt.dist.rank)
     loader = train_loader(cfg, train_set, rt, epoch, generator)
     started = time.perf_counter()
     loss, seen, skipped = train_one_epoch(
-        net, loader, optimizer, rt, cfg, epoch=epoch, progress=progress, stop=stop, monitor=monitor
+        net,
+        loader,
+        optimizer,
+        rt,
+        cfg,
+        epoch=epoch,
+        progress=progress,
+        stop=stop,
+        monitor=monitor,
+        routers=routers,
     )
     train_seconds = time.perf_counter() - started
     if not math.isfinite(loss):
