@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import struct
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +148,15 @@ def write_cifar10(root: Path) -> Path:
         batch = {"data": rng.integers(0, 255, (6, 3072), dtype=np.uint8), "labels": list(range(6))}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     return root
+
+
+def png_declaring(path: Path, width: int, height: int) -> None:
+    """A small PNG whose header declares `width` x `height` pixels (its data is far shorter):
+    a decompression bomb."""
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
+    path.write_bytes(bytes(data))
