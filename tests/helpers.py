@@ -115,15 +115,16 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def write_imagenet64(
-    root: Path, labels_per_batch=((1, 2, 3, 5), (2, 5, 7)), npz: bool = False
+    root: Path, labels_per_batch=((1, 2, 3, 5), (2, 5, 7)), npz: bool = False, side: int = 64
 ) -> Path:
+    """Down-sampled ImageNet batches (`train_data_batch_<i>`, `val_data`) of random pixels: each
+    row holds the red, green and blue planes of a `side` x `side` image, row-major."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
 
     def batch(labels):
-        data = rng.integers(0, 255, (len(labels), 3 * 64 * 64), dtype=np.uint8)
-        data[:, :4096] = np.array(labels)[:, None]  # red channel carries the label
-        return {"data": data, "labels": list(labels), "mean": np.zeros(12288)}
+        data = rng.integers(0, 256, (len(labels), 3 * side * side), dtype=np.uint8)
+        return {"data": data, "labels": list(labels), "mean": np.zeros(3 * side * side)}
 
     for i, labels in enumerate(labels_per_batch, 1):
         write_batch(root / f"train_data_batch_{i}", batch(labels), npz)
@@ -138,14 +139,21 @@ def write_batch(path: Path, batch: dict, npz: bool) -> None:
         path.write_bytes(pickle.dumps(batch, protocol=2))
 
 
-def write_cifar10(root: Path) -> Path:
-    folder = root / "cifar-10-batches-py"
+def write_cifar(root: Path, num_classes: int = 10) -> Path:
+    """CIFAR-10's or CIFAR-100's python batch folder with random 32 x 32 images (rows of red,
+    green and blue planes), as Python 2 pickles; returns `root`."""
+    ten = num_classes == 10
+    folder = root / ("cifar-10-batches-py" if ten else "cifar-100-python")
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    names = [f"c{i}" for i in range(10)]  # Python 2 pickles decode as str with latin1
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}, protocol=2))
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"data": rng.integers(0, 255, (6, 3072), dtype=np.uint8), "labels": list(range(6))}
+    names = [f"c{i}" for i in range(num_classes)]  # Python 2 pickles decode as str with latin1
+    meta = {"label_names" if ten else "fine_label_names": names}
+    (folder / ("batches.meta" if ten else "meta")).write_bytes(pickle.dumps(meta, protocol=2))
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if ten else ["train", "test"]
+    for name in files:
+        labels = rng.integers(0, num_classes, 6).tolist()
+        batch = {"data": rng.integers(0, 256, (6, 3072), dtype=np.uint8)}
+        batch["labels" if ten else "fine_labels"] = labels
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     return root
 
