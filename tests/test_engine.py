@@ -18,6 +18,7 @@ from condnet.cli import main
 from condnet.config import TrainConfig, load_config
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.evaluation import evaluate_checkpoint
+from condnet.engine.runtime import rng_state
 from condnet.engine.schedule import lr_at
 from condnet.engine.trainer import build_network, make_optimizer, resume_config, train
 from condnet.errors import CondnetError
@@ -133,15 +134,82 @@ def weights(path):
     return load_checkpoint(path)["model"]
 
 
+class Recorded:
+    """A training loader that keeps a copy of every batch it yields in `batches`."""
+
+    def __init__(self, loader, batches: list) -> None:
+        self.loader, self.batches = loader, batches
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels, bad in self.loader:
+            self.batches.append((images.clone(), labels.clone()))
+            yield images, labels, bad
+
+
+def recording(monkeypatch) -> dict:
+    """Records, per epoch of the runs that follow, the state of every global generator it starts
+    from (before its seeding) and the training batches it sees."""
+    from condnet.engine import trainer
+
+    record, seed, loader = {"states": {}, "batches": {}}, trainer.seed_epoch, trainer.train_loader
+
+    def seeding(run_seed, epoch, rank):
+        record["states"][epoch] = rng_state()
+        return seed(run_seed, epoch, rank)
+
+    def recorded(cfg, data, rt, epoch, generator):
+        batches = record["batches"].setdefault(epoch, [])
+        return Recorded(loader(cfg, data, rt, epoch, generator), batches)
+
+    monkeypatch.setattr(trainer, "seed_epoch", seeding)
+    monkeypatch.setattr(trainer, "train_loader", recorded)
+    return record
+
+
+def same_state(a: dict, b: dict) -> bool:
+    name, keys, *rest = a["numpy"]
+    return (
+        torch.equal(a["torch"], b["torch"])
+        and a["python"] == b["python"]
+        and [name, *rest] == [b["numpy"][0], *b["numpy"][2:]]
+        and torch.equal(keys, b["numpy"][1])
+    )
+
+
+def same_batches(a: list, b: list) -> bool:
+    pairs = zip(a, b, strict=True)
+    return all(torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in pairs)
+
+
 @pytest.mark.parametrize("stop_after", [1, 2])
-def test_resume_is_bit_identical(tmp_path, stop_after):
+def test_resume_is_bit_identical(tmp_path, monkeypatch, stop_after):
+    full = recording(monkeypatch)
     train(tiny_config(), tmp_path / "full", progress=False)
+    monkeypatch.undo()
     train(tiny_config(), tmp_path / "part", progress=False, stop_after=stop_after)
+    resumed = recording(monkeypatch)
     train(resume_config(tmp_path / "part"), tmp_path / "part", resume=True, progress=False)
-    full, part = weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "part" / "last.pt")
-    assert all(torch.equal(full[k], part[k]) for k in full)
+    full_weights, part = (
+        weights(tmp_path / "full" / "last.pt"),
+        weights(tmp_path / "part" / "last.pt"),
+    )
+    assert all(torch.equal(full_weights[k], part[k]) for k in full_weights)
     lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
+    # The resumed process starts each epoch from the generators' states, and sees the batches,
+    # of the uninterrupted run: the checkpoint's states were restored (each epoch then seeds
+    # its own, so the states protect whatever draws before that).
+    assert sorted(resumed["states"]) == sorted(resumed["batches"]) == list(range(stop_after, 3))
+    for epoch in range(stop_after, 3):
+        assert same_state(resumed["states"][epoch], full["states"][epoch]), epoch
+        assert same_batches(resumed["batches"][epoch], full["batches"][epoch]), epoch
+    # Each epoch has an order and augmentation of its own.
+    first, second = full["batches"][0], full["batches"][1]
+    assert not torch.equal(torch.cat([y for _, y in first]), torch.cat([y for _, y in second]))
+    assert not same_state(full["states"][1], full["states"][2])
 
 
 def test_optimizer_settings_changed_on_resume_are_applied(tmp_path, capsys):

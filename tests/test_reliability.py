@@ -301,6 +301,30 @@ def test_full_disk_during_training_is_one_clear_error(tmp_path, monkeypatch):
     assert load_checkpoint(run / "last.pt")["epoch"] == before
 
 
+def test_a_signal_stops_training_after_the_current_step(tmp_path, monkeypatch, capsys):
+    """SIGINT arrives during the optimizer step of step 3 of epoch 2: that step finishes, the
+    next one never starts, and last.pt holds epoch 1."""
+    from condnet.engine import trainer
+
+    steps, make_optimizer = [], trainer.make_optimizer
+
+    def counting(*args, **kwargs):
+        optimizer = make_optimizer(*args, **kwargs)
+        optimizer.register_step_pre_hook(
+            lambda *_: os.kill(os.getpid(), signal.SIGINT) if len(steps) == 6 + 2 else None
+        )
+        optimizer.register_step_post_hook(lambda *_: steps.append(1))
+        return optimizer
+
+    monkeypatch.setattr(trainer, "make_optimizer", counting)
+    with pytest.raises(trainer.Interrupted):
+        train(tiny_config(), tmp_path / "run", progress=False)  # 6 steps an epoch
+    assert len(steps) == 6 + 3
+    assert "SIGINT: stopped before step 4 of epoch 2; " in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = tiny_config(**{"train.lr_start": 1e30, "train.lr_peak": 1e30, "train.epochs": 2})
     with pytest.raises(CondnetError, match="training loss became (nan|inf)"):
