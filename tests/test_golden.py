@@ -27,6 +27,7 @@ from condnet.cli import main
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("CONDNET_UPDATE_GOLDEN") == "1"
 RESOLUTION = 32  # any size works: the network is fully convolutional up to its pooling
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def golden(name: str, key: str, value):
@@ -39,15 +40,6 @@ def golden(name: str, key: str, value):
         path.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
     assert key in stored, f"{path} has no {key!r}; regenerate with CONDNET_UPDATE_GOLDEN=1"
     return stored[key]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions on two busy cores run many times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @torch.no_grad()
