@@ -173,3 +173,49 @@ def png_declaring(path: Path, width: int, height: int) -> None:
     data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
     data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
     path.write_bytes(bytes(data))
+
+
+# Structured images for the crop tests: every pixel says where it is, so a crop's position,
+# size and mirroring can be read back from its pixels (noise would look alike from anywhere).
+STEP = 4  # coordinate units per pixel: coordinates up to 63 fit in uint8
+
+
+def coordinate_images(count: int, height: int, width: int) -> np.ndarray:
+    """N x H x W x 3 uint8: red 4 x row, green 4 x column, blue the image's index (mod 256)."""
+    rows = np.arange(height)[:, None].repeat(width, 1)
+    cols = np.arange(width)[None, :].repeat(height, 0)
+    planes = [STEP * rows, STEP * cols]
+    image = np.stack(planes, -1)[None].repeat(count, 0)
+    index = np.broadcast_to(np.arange(count)[:, None, None, None], (count, height, width, 1))
+    return np.concatenate([image, index], -1).astype(np.uint8)
+
+
+def sampled_at(start: float, length: float, crop: int, size: int, flip: bool) -> np.ndarray:
+    """The coordinates that output pixels 0 .. crop-1 sample along one axis, when the box
+    [start, start + length) of an image `size` pixels long is resized to `crop` pixels: pixel
+    centres map onto pixel centres (align_corners=False), positions beyond the image take its
+    edge pixel, and a flip reverses the order. Bilinear sampling of a coordinate ramp returns
+    exactly these coordinates."""
+    u = np.arange(crop)
+    x = np.clip(start + (u + 0.5) * length / crop - 0.5, 0, size - 1)
+    return x[::-1] if flip else x
+
+
+def boxes_read_back(crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The box (top, left, height, width) each crop of `coordinate_images` was taken from, and
+    whether it was mirrored, read from the coordinates its two middle rows and columns hold
+    (`crops`: N x 3 x C x C, pixel values in [0, 1]). The middle pixels sample inside the
+    box's image whatever the box, so nothing there is clamped to an edge."""
+    values = crops.double().cpu().numpy() * 255 / STEP
+    crop = values.shape[-1]
+    mid = crop // 2
+    rows, cols = values[:, 0, :, mid], values[:, 1, mid, :]
+    flip = cols[:, mid] < cols[:, mid - 1]
+    cols = np.where(flip[:, None], cols[:, ::-1], cols)
+    boxes = []
+    for axis in (rows, cols):
+        length = (axis[:, mid] - axis[:, mid - 1]) * crop
+        start = axis[:, mid] - (mid + 0.5) * length / crop + 0.5
+        boxes.append((start, length))
+    (top, height), (left, width) = boxes
+    return np.stack([top, left, height, width], 1), flip
