@@ -26,6 +26,7 @@ from tests.helpers import (
 )
 
 CPU = Runtime(torch.device("cpu"), Dist(), amp=False, channels_last=False)
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 PAPER = paper_data()
 
 
@@ -53,23 +54,27 @@ def test_flip_rate_is_hflip():
     assert abs(flipped.float().mean().item() - 0.5) < 0.04
 
 
-def test_training_crops_are_random_resized_crops_of_their_own_image():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)])
+def test_training_crops_are_random_resized_crops_of_their_own_image(device):
     """Coordinate images show where every output pixel came from: each crop is its labelled
     image's box, resized and mirrored as the box's geometry says (computed here), with whole-
-    pixel boxes by torchvision's rule, a new draw per epoch and the same draw per seed."""
+    pixel boxes by torchvision's rule, a new draw per epoch and the same draw per seed. On a
+    GPU the split, the generator and the transforms are on the device, as in training."""
     count, height, width, crop = 1024, 48, 64, 56
-    images = torch.from_numpy(coordinate_images(count, height, width))
-    split = DeviceSplit(images, torch.tensor([[height, width]] * count), torch.arange(count))
+    images = torch.from_numpy(coordinate_images(count, height, width)).to(device)
+    sizes = torch.tensor([[height, width]] * count, device=device)
+    split = DeviceSplit(images, sizes, torch.arange(count, device=device))
     cfg = tiny_config(
         **{"data.resize": 64, "data.crop": crop, "data.scale": [0.08, 1.0]},
         **{"data.mean": [0, 0, 0], "data.std": [1, 1, 1]},
     ).data
 
     def epoch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        loader = TensorLoader(split, count, cfg, torch.Generator().manual_seed(seed))
+        loader = TensorLoader(split, count, cfg, torch.Generator(device).manual_seed(seed))
         (crops, labels, _), *rest = list(loader)
         assert not rest and crops.shape == (count, 3, crop, crop)
-        return crops, labels
+        assert crops.device.type == labels.device.type == device
+        return crops.cpu(), labels.cpu()
 
     crops, labels = epoch(0)
     assert sorted(labels.tolist()) == list(range(count))  # every image once, in a new order
@@ -95,7 +100,7 @@ def test_training_crops_are_random_resized_crops_of_their_own_image():
     area = h * w / (height * width)
     assert ((w + 0.5) * (h + 0.5) >= 0.08 * height * width).all() and (area <= 1).all()
     assert ((w + 0.5) / (h - 0.5) >= 3 / 4).all() and ((w - 0.5) / (h + 0.5) <= 4 / 3).all()
-    assert abs(flip.mean() - 0.5) < 0.06
+    assert abs(flip.mean() - 0.5) < 0.07
     # The sizes and places torchvision's RandomResizedCrop draws for the same image.
     torch.manual_seed(0)
     reference = np.array(
@@ -106,11 +111,12 @@ def test_training_crops_are_random_resized_crops_of_their_own_image():
         dtype=np.float64,
     )
     ref_area = reference[:, 2] * reference[:, 3] / (height * width)
-    assert abs(area.mean() - ref_area.mean()) < 0.03 and abs(area.std() - ref_area.std()) < 0.03
+    # Tolerances: about 4.5 standard deviations of the differences between two such draws.
+    assert abs(area.mean() - ref_area.mean()) < 0.045 and abs(area.std() - ref_area.std()) < 0.025
     for start, length, size, col in ((top, h, height, 0), (left, w, width, 1)):
         centre = (start + length / 2) / size
         ref_centre = (reference[:, col] + reference[:, col + 2] / 2) / size
-        assert abs(centre.mean() - ref_centre.mean()) < 0.02
+        assert abs(centre.mean() - ref_centre.mean()) < 0.025
         assert abs(centre.std() - ref_centre.std()) < 0.02
     # Another epoch's generator draws other boxes; the same seed draws the same ones again.
     again, same_labels = epoch(0)
