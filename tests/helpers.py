@@ -144,23 +144,85 @@ def write_batch(path: Path, batch: dict, npz: bool) -> None:
         path.write_bytes(pickle.dumps(batch, protocol=2))
 
 
-def write_cifar(root: Path, num_classes: int = 10) -> Path:
+def write_cifar(root: Path, num_classes: int = 10, python2: bool = True) -> Path:
     """CIFAR-10's or CIFAR-100's python batch folder with random 32 x 32 images (rows of red,
-    green and blue planes), as Python 2 pickles; returns `root`."""
+    green and blue planes); returns `root`. `python2`: pickled as the real files are, by
+    Python 2 (`python2_pickle`); else by Python 3's pickle, protocol 2."""
     ten = num_classes == 10
     folder = root / ("cifar-10-batches-py" if ten else "cifar-100-python")
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    names = [f"c{i}" for i in range(num_classes)]  # Python 2 pickles decode as str with latin1
+    dumps = python2_pickle if python2 else lambda obj: pickle.dumps(obj, protocol=2)
+    names = [f"c{i}" for i in range(num_classes)]
     meta = {"label_names" if ten else "fine_label_names": names}
-    (folder / ("batches.meta" if ten else "meta")).write_bytes(pickle.dumps(meta, protocol=2))
+    (folder / ("batches.meta" if ten else "meta")).write_bytes(dumps(meta))
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if ten else ["train", "test"]
     for name in files:
         labels = rng.integers(0, num_classes, 6).tolist()
-        batch = {"data": rng.integers(0, 256, (6, 3072), dtype=np.uint8)}
-        batch["labels" if ten else "fine_labels"] = labels
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        batch = {
+            "batch_label": f"{name} of the test set",
+            "labels" if ten else "fine_labels": labels,
+        }
+        batch["data"] = rng.integers(0, 256, (6, 3072), dtype=np.uint8)
+        (folder / name).write_bytes(dumps(batch))
     return root
+
+
+def python2_pickle(obj) -> bytes:
+    """`obj` pickled as Python 2 with NumPy 1 pickled CIFAR's batches (protocol 2): each str as
+    a byte string (SHORT_BINSTRING), which Python 3 reads back only with encoding="latin1",
+    and each uint8 array rebuilt by `numpy.core.multiarray._reconstruct` from a byte string
+    of its data. Takes dicts, lists, tuples, str, int, bool, None and uint8 arrays."""
+    out = bytearray(b"\x80\x02")
+
+    def string(data: bytes) -> None:
+        if len(data) < 256:
+            out.extend(b"U" + bytes([len(data)]))
+        else:
+            out.extend(b"T" + struct.pack("<i", len(data)))
+        out.extend(data)
+
+    def write(x) -> None:
+        if isinstance(x, bool):
+            out.extend(b"\x88" if x else b"\x89")
+        elif isinstance(x, int):
+            out.extend(b"J" + struct.pack("<i", x))
+        elif isinstance(x, str):
+            string(x.encode("latin1"))
+        elif x is None:
+            out.extend(b"N")
+        elif isinstance(x, (list, tuple)):
+            out.extend(b"](" if isinstance(x, list) else b"(")
+            for item in x:
+                write(item)
+            out.extend(b"e" if isinstance(x, list) else b"t")
+        elif isinstance(x, dict):
+            out.extend(b"}(")
+            for key, value in x.items():
+                write(key)
+                write(value)
+            out.extend(b"u")
+        elif isinstance(x, np.ndarray) and x.dtype == np.uint8:
+            # _reconstruct(ndarray, (0,), "b"), then its state: (1, shape, dtype, False, data).
+            out.extend(b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n")
+            write((0,))
+            string(b"b")
+            out.extend(b"tR(")
+            write(1)
+            write(tuple(x.shape))
+            out.extend(b"cnumpy\ndtype\n")
+            write(("u1", 0, 1))
+            out.extend(b"R")
+            write((3, "|", None, None, None, -1, -1, 0))
+            out.extend(b"b")
+            write(False)
+            string(np.ascontiguousarray(x).tobytes())
+            out.extend(b"tb")
+        else:
+            raise TypeError(f"python2_pickle: cannot write {type(x).__name__}")
+
+    write(obj)
+    return bytes(out + b".")
 
 
 def png_declaring(path: Path, width: int, height: int) -> None:

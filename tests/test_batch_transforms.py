@@ -38,6 +38,17 @@ def test_crop_boxes_follow_random_resized_crop():
     assert abs(centre.mean() - 0.5) < 0.01 and centre.std() > 0.1
 
 
+def test_every_place_a_box_fits_is_drawn_alike():
+    """An 8 x 8 box on a 12 x 12 image has 5 x 5 places, each drawn with chance 1/25 (as
+    torchvision draws them: top and left uniform over 0 .. 12 - 8)."""
+    sizes = torch.tensor([[12, 12]] * 5000)
+    boxes = sample_boxes(sizes, [64 / 144] * 2, [1.0, 1.0], torch.Generator().manual_seed(0))
+    assert (boxes[:, 2:] == 8).all()
+    for axis in (0, 1):
+        counts = torch.bincount(boxes[:, axis].long(), minlength=5)
+        assert len(counts) == 5 and (counts > 850).all() and (counts < 1150).all(), counts
+
+
 def test_crop_box_fallback_is_torchvision_s_central_crop():
     sizes = torch.tensor([[10, 100], [100, 10], [50, 50]])
     boxes = sample_boxes(sizes, [0.9, 1.0], [3 / 4, 4 / 3], torch.Generator().manual_seed(0))

@@ -49,7 +49,8 @@ def pixels(rows: np.ndarray, side: int) -> np.ndarray:
 def raw_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """The rows and labels of batch files written by the tests (trusted: plain pickle)."""
     batches = [
-        dict(np.load(p)) if p.suffix == ".npz" else pickle.loads(p.read_bytes()) for p in paths
+        dict(np.load(p)) if p.suffix == ".npz" else pickle.loads(p.read_bytes(), encoding="latin1")
+        for p in paths
     ]
     labels = [np.asarray(b["labels" if "labels" in b else "fine_labels"]) for b in batches]
     return np.concatenate([b["data"] for b in batches]), np.concatenate(labels)
@@ -57,7 +58,9 @@ def raw_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("npz, side", [(False, 64), (True, 64), (False, 32)])
 def test_imagenet64_subset_reindexed_pixel_exact(tmp_path, npz, side):
-    root = write_imagenet64(tmp_path / "in64", npz=npz, side=side)
+    # Label 6, one past the largest chosen class, must not be taken for one of them.
+    batches = ((1, 2, 6, 3, 5), (2, 5, 7, 6))
+    root = write_imagenet64(tmp_path / "in64", batches, npz=npz, side=side)
     classes = tmp_path / "classes.txt"
     classes.write_text("# chosen classes\n5 five\n\n2\n")
     train, val = load_splits(data_cfg(source="imagenet64", root=str(root), classes=str(classes)), 0)
@@ -190,15 +193,21 @@ def test_class_list_errors(tmp_path):
     path.write_text("3\nfoo\n")
     with pytest.raises(CondnetError, match="c.txt:2: expected a 1-based class label"):
         sources.read_class_list(path)
+    path.write_text("3\n0\n")  # labels start at 1: 0 is no class
+    with pytest.raises(CondnetError, match="c.txt:2: expected a 1-based class label, got '0'"):
+        sources.read_class_list(path)
     root = write_imagenet64(tmp_path / "in64")
     path.write_text("1\n42\n")
     with pytest.raises(CondnetError, match="class 42 has no training images"):
         sources.read_imagenet64(root, path)
 
 
+@pytest.mark.parametrize("python2", [True, False])
 @pytest.mark.parametrize("num_classes", [10, 100])
-def test_cifar_pixel_exact(tmp_path, num_classes):
-    write_cifar(tmp_path, num_classes)
+def test_cifar_pixel_exact(tmp_path, num_classes, python2):
+    """Pickled by Python 2, as the real files are (byte strings that only latin1 decodes), and
+    by Python 3."""
+    write_cifar(tmp_path, num_classes, python2)
     source = f"cifar{num_classes}"
     train, val = load_splits(data_cfg(source=source, root=str(tmp_path)), 0)
     assert train.class_names == [f"c{i}" for i in range(num_classes)]

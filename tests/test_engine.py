@@ -52,6 +52,8 @@ def test_schedule_per_step_is_the_same_curve_at_fractional_epochs():
     assert lr_at(0.5, cfg) == pytest.approx(0.11)  # half-way through the warm-up
     assert lr_at(1.0, cfg) == pytest.approx(0.2) and lr_at(2.0, cfg) == pytest.approx(0.002)
     assert lr_at(1.5, cfg) == pytest.approx(0.002 + 0.5 * 0.198 * (1 + math.cos(math.pi / 2)))
+    # The last epoch's steps stay at lr_final: the cosine is held there, not continued upwards.
+    assert all(lr_at(2 + step / 10, cfg) == pytest.approx(0.002) for step in range(10))
 
 
 def test_routing_layers_get_their_own_learning_rate():

@@ -6,11 +6,12 @@ CMYK as Pillow converts it), so a decoder that clips, composites on black or dro
 differs in many pixels.
 """
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from condnet.data.images import MAX_PIXELS, BadImage, load_rgb
 from tests.helpers import png_declaring
@@ -99,6 +100,21 @@ def test_grayscale_is_replicated_to_three_channels(tmp_path):
     gray = RNG.integers(0, 256, SHAPE, dtype=np.uint8)
     Image.fromarray(gray).save(tmp_path / "gray.png")
     assert np.array_equal(decoded(tmp_path / "gray.png"), np.repeat(gray[..., None], 3, axis=2))
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "PNG"])
+def test_a_truncated_file_is_refused_whatever_pillow_was_told(tmp_path, monkeypatch, kind):
+    """Cut inside its pixel data; Pillow's global switch to pad truncated files, as another
+    library may leave it, does not make condnet decode one."""
+    noise = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)  # does not compress: long data
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format=kind)
+    data = buffer.getvalue()
+    path = tmp_path / f"cut.{kind.lower()}"
+    path.write_bytes(data[: len(data) * 3 // 4])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(BadImage, match=rf"cut.{kind.lower()}: cannot decode"):
+        load_rgb(path)
 
 
 # --- the decompression-bomb limit -------------------------------------------------------------
