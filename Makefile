@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.condnet-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
-LINTED := condnet tests benchmarks experiments
+LINTED := condnet tests benchmarks experiments tools
 
 .PHONY: setup data test demo lint clean
 
