@@ -29,19 +29,11 @@ def trained_like(
     float32 rounding as well: deep test models get a smaller `logit_spread`.
     """
     generator = torch.Generator().manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
         bn.weight.copy_(torch.rand(bn.weight.shape, generator=generator) + 0.5)
         bn.bias.copy_(torch.rand(bn.bias.shape, generator=generator) * 0.4 - 0.2)
-        bn.reset_running_stats()
-        bn.momentum = None  # a cumulative average over the calibration batches
-    model.train()
-    for _ in range(2):
-        model(_images(generator, 8, model.spec.in_channels, resolution))
-    for bn in bns:
-        bn.momentum = 0.1
+    calibrate_batch_norms(model, generator, resolution)
     # Classifier: logits centred on the calibration data.
-    model.eval()
     features = model.forward_head(
         model.forward_features(_images(generator, 16, model.spec.in_channels, resolution)), True
     )
@@ -49,6 +41,25 @@ def trained_like(
     weight *= logit_spread / ((features - features.mean(0)) @ weight.T).std()
     model.classifier.weight.copy_(weight)
     model.classifier.bias.copy_(-(features.mean(0) @ weight.T))
+    return model.eval()
+
+
+@torch.no_grad()
+def calibrate_batch_norms(
+    model: nn.Module, generator: torch.Generator, resolution: int, batch: int = 8
+) -> nn.Module:
+    """Every BatchNorm's running statistics from two train-mode passes over random images (a
+    cumulative average), so that eval mode normalises by statistics of real activations rather
+    than a new layer's 0 and 1; eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    for _ in range(2):
+        model(_images(generator, batch, model.spec.in_channels, resolution))
+    for bn in bns:
+        bn.momentum = 0.1
     return model.eval()
 
 

@@ -10,8 +10,12 @@ import torch
 import condnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from deploy_helpers import trained_like
+
 import compare_timm
-from timm_reference import build_timm
+from timm_reference import build_timm, copy_condnet_weights, timm_names
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("block", ["standard", "se", "condconv"])
@@ -23,6 +27,24 @@ def test_timm_reference_has_condnets_parameter_count_and_shapes(block):
     assert theirs.eval()(x).shape == ours.eval()(x).shape == (2, 100)
     features = theirs.forward_features(x)
     assert features.shape == ours.forward_features(x).shape == (2, 1280, 7, 7)  # stem stride 1
+
+
+@pytest.mark.parametrize("block", ["standard", "se", "condconv"])
+def test_timm_reference_with_condnets_weights_computes_the_same(block):
+    ours = trained_like(condnet.build_model(f"paper-{block}"), resolution=32, logit_spread=0.25)
+    theirs = copy_condnet_weights(ours, build_timm(block))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = ours.eval()(x)
+        torch.testing.assert_close(theirs.eval()(x), expected, rtol=1e-4, atol=1e-5)
+        # Train mode: batch statistics, and the running statistics both update alike.
+        expected = ours.train()(x)
+        torch.testing.assert_close(theirs.train()(x), expected, rtol=1e-4, atol=1e-5)
+    assert expected.std() > 0.1  # outputs that vary: a wrong copy could not match by chance
+    mapped = timm_names(ours, theirs)
+    for name, value in ours.state_dict().items():
+        if name in mapped and "running" in name:
+            torch.testing.assert_close(theirs.state_dict()[mapped[name]], value)
 
 
 def test_a_tiny_race_reports_every_metric():

@@ -128,7 +128,10 @@ def test_experts_initialised_independently():
     w = layer.weight.detach()
     assert not torch.allclose(w[0], w[1])
     bound = 1 / (16 * 9) ** 0.5  # nn.Conv2d's default: kaiming_uniform(a=sqrt(5))
-    assert w.abs().max() <= bound
+    # Uniform up to the bound: 9,216 draws come within 1 % of it (else the bound is smaller).
+    assert 0.99 * bound <= w.abs().max() <= bound
+    for expert in w:
+        assert 0.99 * bound <= expert.abs().max() <= bound
 
 
 def test_auto_picks_the_stacked_form_for_small_1x1_maps(monkeypatch):

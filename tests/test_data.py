@@ -16,7 +16,7 @@ from condnet.data import sources
 from condnet.data.datasets import load_splits, make_datasets, subset
 from condnet.data.safe_pickle import load_pickle
 from condnet.errors import CondnetError
-from tests.helpers import write_cifar10, write_idx, write_imagefolder, write_imagenet64
+from tests.helpers import write_cifar, write_idx, write_imagefolder, write_imagenet64
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
@@ -35,20 +35,42 @@ def test_imagefolder(tmp_path):
     assert train_set[0][0].shape == (3, 56, 56)
 
 
-@pytest.mark.parametrize("npz", [False, True])
-def test_imagenet64_subset_reindexed(tmp_path, npz):
-    root = write_imagenet64(tmp_path / "in64", npz=npz)
+def pixels(rows: np.ndarray, side: int) -> np.ndarray:
+    """Rows of three planes (red, green, blue; each `side` x `side`, row-major) as N x side x
+    side x 3 images, pixel by pixel: the formats' definition, not the readers' reshape."""
+    images = np.empty((len(rows), side, side, 3), dtype=np.uint8)
+    for y in range(side):
+        for x in range(side):
+            for c in range(3):
+                images[:, y, x, c] = rows[:, c * side * side + y * side + x]
+    return images
+
+
+def raw_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and labels of batch files written by the tests (trusted: plain pickle)."""
+    batches = [
+        dict(np.load(p)) if p.suffix == ".npz" else pickle.loads(p.read_bytes(), encoding="latin1")
+        for p in paths
+    ]
+    labels = [np.asarray(b["labels" if "labels" in b else "fine_labels"]) for b in batches]
+    return np.concatenate([b["data"] for b in batches]), np.concatenate(labels)
+
+
+@pytest.mark.parametrize("npz, side", [(False, 64), (True, 64), (False, 32)])
+def test_imagenet64_subset_reindexed_pixel_exact(tmp_path, npz, side):
+    # Label 6, one past the largest chosen class, must not be taken for one of them.
+    batches = ((1, 2, 6, 3, 5), (2, 5, 7, 6))
+    root = write_imagenet64(tmp_path / "in64", batches, npz=npz, side=side)
     classes = tmp_path / "classes.txt"
     classes.write_text("# chosen classes\n5 five\n\n2\n")
     train, val = load_splits(data_cfg(source="imagenet64", root=str(root), classes=str(classes)), 0)
     assert train.class_names == ["five", "class 2"]
-    assert sorted(train.labels.tolist()) == [0, 0, 1, 1] and sorted(val.labels.tolist()) == [0, 1]
-    assert train.images.shape[1:] == (64, 64, 3)
-    # The red channel carries the original 1-based label: re-indexing kept images and labels paired.
-    original = {0: 5, 1: 2}
-    assert all(
-        img[0, 0, 0] == original[lab] for img, lab in zip(train.images, train.labels, strict=False)
-    )
+    for split, stem in ((train, "train_data_batch_"), (val, "val_data")):
+        rows, original = raw_batches(sorted(root.glob(stem + "*")))
+        keep = np.isin(original, [5, 2])
+        assert np.array_equal(split.labels, np.where(original[keep] == 5, 0, 1))
+        assert split.images.shape == (keep.sum(), side, side, 3)
+        assert np.array_equal(split.images, pixels(rows[keep], side))
 
 
 def traced_peak(function, *args):
@@ -171,17 +193,31 @@ def test_class_list_errors(tmp_path):
     path.write_text("3\nfoo\n")
     with pytest.raises(CondnetError, match="c.txt:2: expected a 1-based class label"):
         sources.read_class_list(path)
+    path.write_text("3\n0\n")  # labels start at 1: 0 is no class
+    with pytest.raises(CondnetError, match="c.txt:2: expected a 1-based class label, got '0'"):
+        sources.read_class_list(path)
     root = write_imagenet64(tmp_path / "in64")
     path.write_text("1\n42\n")
     with pytest.raises(CondnetError, match="class 42 has no training images"):
         sources.read_imagenet64(root, path)
 
 
-def test_cifar10(tmp_path):
-    write_cifar10(tmp_path)
-    train, val = load_splits(data_cfg(source="cifar10", root=str(tmp_path)), 0)
-    assert len(train) == 30 and len(val) == 6 and train.class_names[3] == "c3"
-    assert train.images.shape[1:] == (32, 32, 3)
+@pytest.mark.parametrize("python2", [True, False])
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_cifar_pixel_exact(tmp_path, num_classes, python2):
+    """Pickled by Python 2, as the real files are (byte strings that only latin1 decodes), and
+    by Python 3."""
+    write_cifar(tmp_path, num_classes, python2)
+    source = f"cifar{num_classes}"
+    train, val = load_splits(data_cfg(source=source, root=str(tmp_path)), 0)
+    assert train.class_names == [f"c{i}" for i in range(num_classes)]
+    folder = next(tmp_path.glob("cifar-*"))
+    train_files = ["train"] if num_classes == 100 else [f"data_batch_{i}" for i in range(1, 6)]
+    test_files = ["test"] if num_classes == 100 else ["test_batch"]
+    for split, names in ((train, train_files), (val, test_files)):
+        rows, labels = raw_batches([folder / name for name in names])
+        assert np.array_equal(split.labels, labels)
+        assert np.array_equal(split.images, pixels(rows, 32))
 
 
 @pytest.fixture
@@ -194,7 +230,7 @@ def fake_cifar_download(monkeypatch):
 
     def download(url, root, *args, **kwargs):
         fetched.append(url)
-        folder = write_cifar10(Path(root)) / "cifar-10-batches-py"
+        folder = write_cifar(Path(root)) / "cifar-10-batches-py"
         for name, batch in batches.items():
             (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
 

@@ -1,29 +1,32 @@
-"""DDP (`condnet.engine.distributed`): a two-process step equals one process on the global batch."""
+"""DDP (`condnet.engine.distributed`): a two-process step equals one process on the global batch,
+in either data pipeline."""
 
 import os
 import subprocess
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from condnet.data.cache import cache_folder, load_cached
 from condnet.data.datasets import load_splits
-from condnet.data.tensor_loader import DeviceSplit
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.distributed import Dist
-from condnet.engine.loaders import train_loader
+from condnet.engine.loaders import split_data, train_loader
+from condnet.engine.metrics import read_metrics
 from condnet.engine.runtime import Runtime, seed_epoch
 from condnet.engine.schedule import lr_at
 from condnet.engine.trainer import build_network, make_optimizer, set_lr
 from tests.helpers import tensor_config, torchrun_train
 
 
-def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
+@pytest.mark.parametrize("pipeline", ["tensor", "torchvision"])
+def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path, pipeline):
     """Each rank trains on its 32 of a global batch of 64; one process given the same 64 images
     (with the same augmentation) and the same per-rank BatchNorm statistics takes the same step."""
     cfg = tensor_config(
         tmp_path,
         **{
+            "data.pipeline": pipeline,
             "data.synthetic_images": 64,
             "train.batch_size": 64,
             "train.epochs": 1,
@@ -38,18 +41,19 @@ def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     ddp = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
-    # The same global batch, as each rank drew its half.
+    assert read_metrics(tmp_path / "run")[0]["val_images"] == 16  # each image once
+    # The same global batch, as each rank drew its half (the tensor pipeline's cache is built).
     train_split, _ = load_splits(cfg.data, cfg.run.seed)
-    cached = load_cached(
-        train_split, cache_folder(cfg.data, "train", 0), cfg.data.resize, cfg.data.crop
-    )
-    halves = []
+    halves, drawn = [], []
     for rank in (0, 1):
         rt = Runtime(torch.device("cpu"), Dist(rank, 2), amp=False, channels_last=False)
-        shard = DeviceSplit.from_cache(cached, rt.device, rank, 2)
-        loader = train_loader(cfg, shard, rt, 0, seed_epoch(0, 0, rank))
+        data = split_data(cfg, rt, train_split, "train")
+        loader = train_loader(cfg, data, rt, 0, seed_epoch(0, 0, rank))
         assert len(loader) == 1
         halves.append(next(iter(loader))[:2])
+        drawn += list(loader.sampler) if pipeline == "torchvision" else []
+    if pipeline == "torchvision":  # the two halves make up the global batch (the tensor
+        assert sorted(drawn) == list(range(64))  # pipeline's shards are disjoint by construction)
 
     def one_step(batches) -> dict:
         torch.manual_seed(cfg.run.seed)

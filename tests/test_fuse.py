@@ -67,3 +67,21 @@ def test_fold_condconv_by_hand():
     torch.testing.assert_close(folded.weight[2], conv.weight[2] * scale[:, None, None, None])
     torch.testing.assert_close(folded.bias, bn.bias - bn.running_mean * scale)
     assert conv.bias is None  # the original layer is not changed
+
+
+@pytest.mark.parametrize("kind", ["conv", "condconv"])
+def test_fold_keeps_a_conv_s_own_bias(kind):
+    """A conv that has a bias already: BN scales it too, ``scale * (Wx + b) + shift``."""
+    conv = nn.Conv2d(4, 6, 3, padding=1) if kind == "conv" else CondConv2d(4, 6, 3, bias=True)
+    bn = nn.BatchNorm2d(6).eval()
+    with torch.no_grad():
+        conv.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(-2, 2)
+        bn.bias.uniform_(-1, 1)
+    folded = fold_batch_norm(conv, bn)
+    x = torch.randn(3, 4, 7, 7)
+    args = (x,) if kind == "conv" else (x, torch.rand(3, 4))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(*args), bn(conv(*args)), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Each pipeline's loaders in the one training loop (`condnet.engine.loaders`), here
+"""Each pipeline's loaders in the one training loop (`condnet.engine.loaders`), mostly
 data.pipeline=tensor."""
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 from condnet.config import load_config
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.distributed import Dist
-from condnet.engine.loaders import train_loader
+from condnet.engine.loaders import split_data, train_loader
 from condnet.engine.runtime import Runtime, seed_epoch
 from condnet.engine.trainer import resume_config, train
 from condnet.errors import CondnetError
@@ -33,6 +33,30 @@ def test_training_batches_have_one_shape_and_channels_last(tmp_path):
         assert images.is_contiguous(memory_format=torch.channels_last)
     again = list(train_loader(cfg, split, rt, 0, seed_epoch(0, 0, 0)))  # an epoch replays exactly
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
+
+
+@pytest.mark.parametrize("pipeline", ["torchvision", "tensor"])
+def test_order_and_augmentation_change_every_epoch_and_replay_exactly(tmp_path, pipeline):
+    cfg = tiny_config(**{"data.pipeline": pipeline, "data.resize": 20, "train.batch_size": 8})
+    rt = Runtime(torch.device("cpu"), Dist(), amp=False, channels_last=False)
+    split = array_split(count=32, size=20, classes=32)  # each image its own label
+    if pipeline == "tensor":
+        data = device_split(split, tmp_path, 20, 16)
+    else:
+        data = split_data(cfg, rt, split, "train")
+
+    def epoch(number: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's order (labels as drawn) and its augmented images, by label."""
+        batches = list(train_loader(cfg, data, rt, number, seed_epoch(0, number, 0)))
+        order = torch.cat([labels for _, labels, _ in batches])
+        return order, torch.cat([images for images, _, _ in batches])[order.argsort()]
+
+    (order0, images0), (order1, images1) = epoch(0), epoch(1)
+    assert sorted(order0.tolist()) == sorted(order1.tolist()) == list(range(32))
+    assert not torch.equal(order0, order1)
+    assert ((images0 - images1).flatten(1).abs().amax(1) > 0.1).all()  # every image anew
+    replay_order, replay_images = epoch(1)
+    assert torch.equal(replay_order, order1) and torch.equal(replay_images, images1)
 
 
 def test_pipeline_is_validated():

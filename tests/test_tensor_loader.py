@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms as T
 from PIL import Image
 
 from condnet.data.datasets import load_splits
@@ -12,9 +13,20 @@ from condnet.engine.distributed import Dist
 from condnet.engine.evaluation import evaluate
 from condnet.engine.runtime import Runtime
 from condnet.engine.trainer import build_network
-from tests.helpers import array_split, device_split, paper_data, tiny_config, write_imagefolder
+from tests.helpers import (
+    STEP,
+    array_split,
+    boxes_read_back,
+    coordinate_images,
+    device_split,
+    paper_data,
+    sampled_at,
+    tiny_config,
+    write_imagefolder,
+)
 
 CPU = Runtime(torch.device("cpu"), Dist(), amp=False, channels_last=False)
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 PAPER = paper_data()
 
 
@@ -40,6 +52,78 @@ def test_flip_rate_is_hflip():
     ramp_row = torch.arange(16.0).expand(int((~flipped).sum()), 16)
     assert torch.allclose(images[~flipped, 0, 0] * 255, ramp_row, atol=1e-3)
     assert abs(flipped.float().mean().item() - 0.5) < 0.04
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)])
+def test_training_crops_are_random_resized_crops_of_their_own_image(device):
+    """Coordinate images show where every output pixel came from: each crop is its labelled
+    image's box, resized and mirrored as the box's geometry says (computed here), with whole-
+    pixel boxes by torchvision's rule, a new draw per epoch and the same draw per seed. On a
+    GPU the split, the generator and the transforms are on the device, as in training."""
+    count, height, width, crop = 1024, 48, 64, 56
+    images = torch.from_numpy(coordinate_images(count, height, width)).to(device)
+    sizes = torch.tensor([[height, width]] * count, device=device)
+    split = DeviceSplit(images, sizes, torch.arange(count, device=device))
+    cfg = tiny_config(
+        **{"data.resize": 64, "data.crop": crop, "data.scale": [0.08, 1.0]},
+        **{"data.mean": [0, 0, 0], "data.std": [1, 1, 1]},
+    ).data
+
+    def epoch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        loader = TensorLoader(split, count, cfg, torch.Generator(device).manual_seed(seed))
+        (crops, labels, _), *rest = list(loader)
+        assert not rest and crops.shape == (count, 3, crop, crop)
+        assert crops.device.type == labels.device.type == device
+        return crops.cpu(), labels.cpu()
+
+    crops, labels = epoch(0)
+    assert sorted(labels.tolist()) == list(range(count))  # every image once, in a new order
+    assert labels.tolist() != list(range(count))
+    blue = crops[:, 2] * 255
+    assert torch.allclose(blue, (labels % 256).float()[:, None, None], atol=1e-3)
+    boxes, flip = boxes_read_back(crops)
+    for n in range(0, count, 37):  # every pixel of a sample of the crops
+        top, left, h, w = boxes[n]
+        rows = STEP * sampled_at(top, h, crop, height, False)
+        cols = STEP * sampled_at(left, w, crop, width, flip[n])
+        got = crops[n, :2].double() * 255
+        torch.testing.assert_close(
+            got[0], torch.from_numpy(rows)[:, None].expand(crop, crop), rtol=0, atol=2e-3
+        )
+        torch.testing.assert_close(
+            got[1], torch.from_numpy(cols)[None, :].expand(crop, crop), rtol=0, atol=2e-3
+        )
+    assert np.abs(boxes - np.round(boxes)).max() < 1e-2  # whole pixels
+    top, left, h, w = np.round(boxes).T
+    assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
+    assert (top + h <= height).all() and (left + w <= width).all()
+    area = h * w / (height * width)
+    assert ((w + 0.5) * (h + 0.5) >= 0.08 * height * width).all() and (area <= 1).all()
+    assert ((w + 0.5) / (h - 0.5) >= 3 / 4).all() and ((w - 0.5) / (h + 0.5) <= 4 / 3).all()
+    assert abs(flip.mean() - 0.5) < 0.07
+    # The sizes and places torchvision's RandomResizedCrop draws for the same image.
+    torch.manual_seed(0)
+    reference = np.array(
+        [
+            T.RandomResizedCrop.get_params(torch.empty(3, height, width), cfg.scale, cfg.ratio)
+            for _ in range(count)
+        ],
+        dtype=np.float64,
+    )
+    ref_area = reference[:, 2] * reference[:, 3] / (height * width)
+    # Tolerances: about 4.5 standard deviations of the differences between two such draws.
+    assert abs(area.mean() - ref_area.mean()) < 0.045 and abs(area.std() - ref_area.std()) < 0.025
+    for start, length, size, col in ((top, h, height, 0), (left, w, width, 1)):
+        centre = (start + length / 2) / size
+        ref_centre = (reference[:, col] + reference[:, col + 2] / 2) / size
+        assert abs(centre.mean() - ref_centre.mean()) < 0.025
+        assert abs(centre.std() - ref_centre.std()) < 0.02
+    # Another epoch's generator draws other boxes; the same seed draws the same ones again.
+    again, same_labels = epoch(0)
+    assert torch.equal(again, crops) and torch.equal(same_labels, labels)
+    other, _ = epoch(1)
+    other_boxes, _ = boxes_read_back(other)
+    assert np.abs(np.sort(other_boxes, 0) - np.sort(boxes, 0)).max() > 1
 
 
 def test_normalised_values_match_the_torchvision_path(tmp_path):
@@ -99,8 +183,8 @@ def test_eval_batches_equal_the_torchvision_eval_transform(tmp_path, source):
 
 def test_padded_evaluation_gives_exactly_the_unpadded_metrics(tmp_path):
     cfg = tiny_config(**{"data.resize": 64, "data.crop": 56})
-    split = device_split(array_split(count=50), tmp_path)
-    model = build_network(cfg, 4)
+    split = device_split(array_split(count=50, classes=10), tmp_path)  # top-5 of 10 can miss
+    model = build_network(cfg, 10)
     padded = TensorLoader(split, 16, cfg.data)
     batches = list(padded)
     assert len(padded) == 4 and [b[0].shape[0] for b in batches] == [16] * 4
@@ -109,4 +193,5 @@ def test_padded_evaluation_gives_exactly_the_unpadded_metrics(tmp_path):
     whole = evaluate(model, TensorLoader(split, 50, cfg.data), CPU)
     assert result["count"] == whole["count"] == 50
     assert (result["top1"], result["top5"]) == (whole["top1"], whole["top5"])
+    assert result["top1"] < result["top5"] < 100
     assert result["loss"] == pytest.approx(whole["loss"], rel=1e-6)
