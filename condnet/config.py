@@ -79,7 +79,9 @@ class TrainConfig:
     label_smoothing: float = _spec(0.0, min=0.0, max=1.0)
     epoch_eval_subset: int = _spec(0, min=0)  # N: epochs before the last on N val images (0: all)
     routing_lr_scale: float = _spec(1.0, min=0.0)  # CondConv routing layers' rate multiplier
-    routing_grad_clip: float = _spec(0.0, min=0.0)  # routers' grad/weight <= this x experts'
+    # Routers' gradient/weight at most this x their experts' (0: off, the paper's text; README:
+    # Training block C).
+    routing_grad_clip: float = _spec(1.0, min=0.0)
     routing_lr_auto: bool = _spec(False)  # routers' rates matched to their experts' at step 1
     routing_warmup_epochs: float = _spec(0.0, min=0.0)  # routers' rate ramps from 0 over these
     routing_temperature: float = _spec(1.0, min=1.0)  # routers' initial temperature ...

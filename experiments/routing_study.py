@@ -10,7 +10,8 @@ table gathers the final accuracy and what the diagnostics saw.
     python experiments/routing_study.py --out runs/routing-study            # all candidates
     python experiments/routing_study.py --out runs/routing-study --only se,paper
 
-A finished candidate is not trained again; the table is rewritten from every finished run.
+A finished candidate is not trained again; the table is rewritten from every run with at least
+one evaluated epoch (the `epochs` column says how many).
 `--epochs`, `--subset` and `--seed` change the compression (the table names them).
 """
 
@@ -38,10 +39,12 @@ AUTO = {"train.routing_lr_auto": True}
 
 
 def rate(scale: float) -> dict[str, object]:
-    return {"train.routing_lr_scale": scale}
+    """The routers' rate multiplier, with condnet's default gradient cap off."""
+    return {"train.routing_lr_scale": scale, "train.routing_grad_clip": 0.0}
 
 
-# name -> (config, routing settings, what it tests); every CondConv candidate names its rate.
+# name -> (config, routing settings, what it tests); every CondConv candidate names its rate
+# and its gradient cap.
 CANDIDATES: dict[str, tuple[str, dict[str, object], str]] = {
     "standard": ("paper-standard", {}, "Block A, for reference"),
     "se": ("paper-se", {}, "Block B, the bar to reach"),
@@ -130,6 +133,7 @@ def summarise(folder: Path) -> dict[str, object]:
     metrics = read_metrics(folder)
     train_side = [r for r in read_routing(folder) if r["phase"] == "train"]
     row: dict[str, object] = {
+        "epochs": len(metrics),
         "final_top1": metrics[-1]["val_top1"],
         "best_top1": max(m["val_top1"] for m in metrics),
         "val_loss": [m["val_loss"] for m in metrics],
@@ -179,11 +183,12 @@ COLUMNS = (  # (heading, key, format)
 
 
 def table(rows: dict[str, dict[str, object]], header: str) -> str:
-    headings = ["candidate", "setting", "final top-1", "best top-1", "val loss per epoch"]
+    headings = ["candidate", "setting", "epochs", "final top-1", "best top-1", "val loss per epoch"]
     headings += [c[0] for c in COLUMNS]
-    lines = [header, "", "| " + " | ".join(headings) + " |", "|---|---|" + "---:|" * 12]
+    lines = [header, "", "| " + " | ".join(headings) + " |", "|---|---|" + "---:|" * 13]
     for name, r in rows.items():
-        cells = [name, CANDIDATES[name][2], f"{r['final_top1']:.2f}", f"{r['best_top1']:.2f}"]
+        cells = [name, CANDIDATES[name][2], str(r["epochs"])]
+        cells += [f"{r['final_top1']:.2f}", f"{r['best_top1']:.2f}"]
         cells.append(" / ".join(f"{v:.3g}" for v in r["val_loss"]))
         cells += [format(r[key], fmt) if key in r else "" for _, key, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
@@ -209,7 +214,8 @@ def main() -> int:
     for name in names:
         if not finished(args.out / name, args.epochs):
             train(name, args.out / name, settings)
-    rows = {n: summarise(args.out / n) for n in CANDIDATES if finished(args.out / n, args.epochs)}
+    # Runs stopped early (a diverged candidate need not finish) are listed with their epochs.
+    rows = {n: summarise(args.out / n) for n in CANDIDATES if finished(args.out / n, 1)}
     header = (
         f"Fashion-MNIST, {args.subset} training images at 20x20, {args.epochs} epochs, batch 256, "
         f"seed {args.seed}; torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -22,6 +22,7 @@ from condnet.engine.runtime import rng_state
 from condnet.engine.schedule import lr_at
 from condnet.engine.trainer import build_network, make_optimizer, resume_config, train
 from condnet.errors import CondnetError
+from condnet.report.build import PAPER_ROUTING, config_setting
 from tests.helpers import FASHION_SUBSET, LEARNS, tiny_config, torchrun_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +90,15 @@ def test_paper_configs_are_the_paper_recipe():
         d = cfg.data
         assert (d.crop, d.resize, d.scale, d.hflip) == (56, 64, [0.08, 1.0], 0.5)
         assert d.ratio == pytest.approx([3 / 4, 4 / 3]) and d.std == [0.229, 0.224, 0.225]
+        assert t.routing_grad_clip == 1.0  # block C's routers capped (README: Training block C)
+
+
+def test_the_exact_config_is_the_paper_recipe_with_the_papers_routing():
+    exact = load_config(ROOT / "configs" / "paper-condconv-exact.yaml")
+    shipped = load_config(ROOT / "configs" / "paper-condconv.yaml")
+    assert {k: config_setting(exact, k, v) for k, v in PAPER_ROUTING.items()} == PAPER_ROUTING
+    shipped.train.routing_grad_clip = 0.0  # the only difference
+    assert exact == shipped
 
 
 @pytest.mark.parametrize(

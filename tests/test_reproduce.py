@@ -108,7 +108,10 @@ def test_report_notes_miniature_eval_subset_and_routing(tmp_path):
         in text
     )
     assert "fixed class-balanced subset of 8 validation images" in text and "(48 images)" in text
-    assert "paper-condconv trains its routers unlike the paper's text: routing_lr_scale=0.5" in text
+    assert (
+        "paper-condconv trains its routers unlike the paper's text: routing_lr_scale=0.5, "
+        "routing_grad_clip=1.0 (see the README's section on training block C)" in text
+    )
     assert "paper-se trains its routers" not in text
     metrics = [
         json.loads(x)

@@ -60,7 +60,7 @@ def table3_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _setting(config: Config, key: str, default: Any = None) -> Any:
+def config_setting(config: Config, key: str, default: Any = None) -> Any:
     section, _, name = key.partition(".")
     value = getattr(config, section)
     if section == "model":
@@ -69,33 +69,33 @@ def _setting(config: Config, key: str, default: Any = None) -> Any:
 
 
 def _paper(keys: tuple[str, ...]) -> dict[str, Any]:
-    """The paper's value of each key: the config's default (a model override: the stage's)."""
-    stage = StageSpec(channels=1, repeats=1)
-    return {k: _setting(Config(), k, getattr(stage, k.rsplit(".", 1)[-1], None)) for k in keys}
+    """The paper's value of each key: the config's default."""
+    return {k: config_setting(Config(), k) for k in keys}
 
 
 # The paper's recipe in the settings a miniature run shrinks.
 PAPER_SCALE = _paper(
     ("data.crop", "data.resize", "data.train_subset", "train.epochs", "train.batch_size")
 )
-# Block C's routing exactly as the paper states it.
-PAPER_ROUTING = _paper(
-    (
-        "train.routing_lr_scale",
-        "train.routing_warmup_epochs",
-        "train.routing_temperature",
-        "model.overrides.routing_activation",
-    )
-)
+# Block C's routing exactly as the paper states it (condnet's defaults clip the routers'
+# gradients: README, Training block C).
+PAPER_ROUTING = {
+    "train.routing_lr_scale": 1.0,
+    "train.routing_grad_clip": 0.0,
+    "train.routing_lr_auto": False,
+    "train.routing_warmup_epochs": 0.0,
+    "train.routing_temperature": 1.0,
+    "model.overrides.routing_activation": StageSpec(channels=1, repeats=1).routing_activation,
+}
 
 
 def table3_notes(runs: list[Run]) -> list[str]:
     """What makes these runs differ from the paper's: scale, evaluation set, block C's routing."""
     config, notes = runs[0].config, []
     changed = [
-        f"{k.split('.')[1]} {_setting(config, k)}"
+        f"{k.split('.')[1]} {config_setting(config, k)}"
         for k, v in PAPER_SCALE.items()
-        if _setting(config, k) != v
+        if config_setting(config, k) != v
     ]
     if config.data.source not in ("imagefolder", "imagenet64") or changed:
         notes.append(
@@ -114,9 +114,9 @@ def table3_notes(runs: list[Run]) -> list[str]:
         if run.name != "paper-condconv":
             continue
         departs = [
-            f"{k.split('.')[-1]}={_setting(run.config, k, v)}"
+            f"{k.split('.')[-1]}={config_setting(run.config, k, v)}"
             for k, v in PAPER_ROUTING.items()
-            if _setting(run.config, k, v) != v
+            if config_setting(run.config, k, v) != v
         ]
         if run.config.train.routing_temperature != 1.0:
             departs.append(f"routing_anneal_epochs={run.config.train.routing_anneal_epochs:g}")
