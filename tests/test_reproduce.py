@@ -104,7 +104,8 @@ def test_report_notes_miniature_eval_subset_and_routing(tmp_path):
     report, _ = reproduce(path, tmp_path / "out", progress=False)
     text = report.read_text()
     assert (
-        "A miniature of the paper's recipe (synthetic; crop 16, resize 20, epochs 3, batch_size 32)"
+        "A miniature of the paper's recipe (synthetic; crop 16, resize 20, scale [0.5, 1.0], "
+        "epochs 3, warmup_epochs 1, batch_size 32, lr_start 0.01, lr_peak 0.1, lr_final 0.001)"
         in text
     )
     assert "fixed class-balanced subset of 8 validation images" in text and "(48 images)" in text

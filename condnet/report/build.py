@@ -75,7 +75,18 @@ def _paper(keys: tuple[str, ...]) -> dict[str, Any]:
 
 # The paper's recipe in the settings a miniature run shrinks.
 PAPER_SCALE = _paper(
-    ("data.crop", "data.resize", "data.train_subset", "train.epochs", "train.batch_size")
+    (
+        "data.crop",
+        "data.resize",
+        "data.scale",
+        "data.train_subset",
+        "train.epochs",
+        "train.warmup_epochs",
+        "train.batch_size",
+        "train.lr_start",
+        "train.lr_peak",
+        "train.lr_final",
+    )
 )
 # Block C's routing exactly as the paper states it (condnet's defaults clip the routers'
 # gradients: README, Training block C).
