@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from deploy_helpers import SMALL, small_model
 from helpers import tiny_config
+from torch import nn
 
 import condnet
 from condnet.config import TrainConfig
@@ -214,7 +215,7 @@ def test_router_gradients_capped_relative_to_their_experts():
     from condnet.engine.diagnostics import grad_to_weight
     from condnet.engine.routing_rates import clip_relative
 
-    router = [torch.full((4, 3), 0.5), torch.zeros(4)]  # ||w|| = sqrt(6)
+    router = [torch.full((4, 3), 0.5), torch.zeros(4)]  # ||w|| = sqrt(3)
     experts = [torch.ones(2, 8)]  # ||w|| = 4
     router[0].grad, router[1].grad = torch.full((4, 3), 2.0), torch.full((4,), 1.0)
     experts[0].grad = torch.full((2, 8), 0.1)  # ratio 0.4 / 4 = 0.1
@@ -226,8 +227,47 @@ def test_router_gradients_capped_relative_to_their_experts():
     assert all(torch.equal(p.grad, b) for p, b in zip(router, before, strict=True))
 
 
+def test_auto_rate_matches_each_router_to_its_experts():
+    from condnet.engine.diagnostics import grad_to_weight
+    from condnet.engine.routing_rates import calibrate, needs_calibration
+
+    router = [nn.Parameter(torch.full((4, 3), 0.5)), nn.Parameter(torch.zeros(4))]
+    experts = [nn.Parameter(torch.ones(2, 8))]
+    router[0].grad, router[1].grad = torch.full((4, 3), 2.0), torch.full((4,), 1.0)
+    experts[0].grad = torch.full((2, 8), 0.1)  # ratio 0.4 / 4 = 0.1
+    groups = [
+        {"params": experts, "lr": 0.2, "lr_scale": 1.0},
+        {"params": router, "lr": 0.2, "lr_scale": 0.5, "routing": True},
+    ]
+    optimizer = torch.optim.SGD(groups, lr=0.2)
+    assert needs_calibration(optimizer)
+    expected = 0.1 / (52**0.5 / 3**0.5)  # the router: ||grad|| = sqrt(52), ||w|| = sqrt(3)
+    assert grad_to_weight(router).item() == pytest.approx(52**0.5 / 3**0.5)
+    assert calibrate([(router, experts)], optimizer) == [pytest.approx(expected)]
+    conv, routing = optimizer.param_groups
+    assert (routing["lr"], routing["lr_scale"]) == (
+        pytest.approx(0.2 * expected),
+        pytest.approx(0.5 * expected),
+    )
+    assert routing["calibration"] == pytest.approx(expected) and conv["lr"] == 0.2
+    assert not needs_calibration(optimizer)  # once only: kept in the group (and the checkpoint)
+
+
+def test_auto_rate_is_measured_once_and_kept_in_the_checkpoint(tmp_path):
+    cfg = tiny_config(
+        **{"model.name": "paper-condconv", "train.epochs": 1, "train.routing_lr_auto": True}
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    groups = load_checkpoint(tmp_path / "run" / "last.pt")["optimizer"]["param_groups"]
+    routers = [g for g in groups if g.get("routing")]
+    assert routers and all(g["calibrated"] and 0 < g["calibration"] < 1 for g in routers)
+    assert all(g["lr_scale"] == pytest.approx(g["calibration"]) for g in routers)
+
+
 def test_grad_clip_holds_the_routers_back(tmp_path):
-    cfg = tiny_config(**{"model.name": "paper-condconv", "train.epochs": 1})
+    cfg = tiny_config(
+        **{"model.name": "paper-condconv", "train.epochs": 1, "train.routing_grad_clip": 0.0}
+    )
     clipped = tiny_config(
         **{"model.name": "paper-condconv", "train.epochs": 1, "train.routing_grad_clip": 1e-3}
     )
