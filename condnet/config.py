@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from condnet.errors import CondnetError
+from condnet.files import write_atomically
 from condnet.models import get_spec
 from condnet.paper import IMAGENET_MEAN, IMAGENET_STD
 
@@ -113,7 +114,9 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the config as YAML, atomically (a crash leaves the previous file or this one)."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _check_value(key: str, value: Any, hint: Any, rules: Mapping[str, Any]) -> Any:

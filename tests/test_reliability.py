@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from condnet.cli import main
+from condnet.config import load_config
 from condnet.data import cache as cache_module
 from condnet.data.cache import load_cached
 from condnet.data.images import BadImage, load_rgb
@@ -282,6 +283,23 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint({"model": {"w": torch.zeros(3)}, "model_spec": {}, "class_names": []}, path)
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_full_disk_keeps_the_previous_config(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    tiny_config(**{"train.epochs": 3}).save(path)
+    real_write_text = Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        real_write_text(self, text[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError):
+        tiny_config(**{"train.epochs": 5}).save(path)
+    monkeypatch.undo()
+    assert load_config(path).train.epochs == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temporary left behind
 
 
 def test_full_disk_during_training_is_one_clear_error(tmp_path, monkeypatch):
