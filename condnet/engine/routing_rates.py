@@ -31,8 +31,10 @@ class RouterRates:
 
     @classmethod
     def wanted(cls, model: nn.Module, cfg: TrainConfig) -> RouterRates | None:
-        active = cfg.routing_grad_clip > 0 or cfg.routing_lr_auto
-        return cls(model, cfg) if active and routed_experts(model) else None
+        if cfg.routing_grad_clip <= 0 and not cfg.routing_lr_auto:
+            return None
+        rates = cls(model, cfg)
+        return rates if rates.pairs else None
 
     @torch.no_grad()
     def after_backward(self, optimizer: torch.optim.Optimizer) -> None:
