@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 import condnet
 from condnet.errors import CondnetError
+from condnet.models import native
 from condnet.models.condconv import FORMULATIONS, CondConv2d, set_formulation
 
 
@@ -23,7 +24,9 @@ def naive(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("batch", [1, 5])
 @pytest.mark.parametrize("kernel_size", [1, 3])
 @pytest.mark.parametrize("size", [9, 4])  # 4x4: `auto` takes the stacked form for 1x1 convs
-def test_matches_per_example_loop(depthwise, stride, batch, kernel_size, formulation, size):
+# channels_last: `auto` runs depthwise batches in the compiled kernel and 1x1 convs as row products
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_matches_per_example_loop(depthwise, stride, batch, kernel_size, formulation, size, layout):
     cin, cout = (12, 12) if depthwise else (6, 10)
     layer = CondConv2d(
         cin,
@@ -34,7 +37,7 @@ def test_matches_per_example_loop(depthwise, stride, batch, kernel_size, formula
         num_experts=3,
         formulation=formulation,
     )
-    x = torch.randn(batch, cin, size, size, requires_grad=True)
+    x = torch.randn(batch, cin, size, size).contiguous(memory_format=layout).requires_grad_()
     r = torch.rand(batch, 3, requires_grad=True)
     out = layer(x, r)
     ref_layer_out = naive(layer, x, r)
@@ -149,20 +152,25 @@ def every_path(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> dict[str,
         outs[formulation] = layer(x, r)
     if layer.kernel_size == (1, 1) and layer.groups == 1:  # `auto` never stacks a grouped conv
         outs["stacked"] = layer._forward_stacked(x, r)
+    if layer.groups == layer.in_channels == layer.out_channels and native.kernel() is not None:
+        outs["native"] = layer._forward_native(x.contiguous(memory_format=torch.channels_last), r)
+    if layer.kernel_size == (1, 1):
+        rows = layer._forward_batched(x.contiguous(memory_format=torch.channels_last), r)
+        outs["batched, channels_last"] = rows
     return outs
 
 
 @pytest.mark.parametrize("padding", [1, 2])
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("groups", [1, 2, 6])  # 6: depthwise
 @pytest.mark.parametrize("kernel_size", [1, 3])
 def test_padding_is_honoured_as_by_conv2d(padding, stride, groups, kernel_size):
-    layer = CondConv2d(4, 6, kernel_size, stride, padding, groups, num_experts=3, bias=True)
+    layer = CondConv2d(6, 6, kernel_size, stride, padding, groups, num_experts=3, bias=True)
     with torch.no_grad():
         layer.bias.normal_()
-    x, r = torch.randn(3, 4, 5, 5), torch.rand(3, 3)
+    x, r = torch.randn(3, 6, 5, 5), torch.rand(3, 3)
     want = naive(layer, x, r) + layer.bias[:, None, None]
-    plain = torch.nn.Conv2d(4, 6, kernel_size, stride, padding, groups=groups)
+    plain = torch.nn.Conv2d(6, 6, kernel_size, stride, padding, groups=groups)
     assert want.shape == plain(x).shape  # the reference has nn.Conv2d's output size
     for name, out in every_path(layer, x, r).items():
         torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5, msg=name)

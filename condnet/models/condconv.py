@@ -12,15 +12,18 @@ all compute the same function, within float32 rounding:
   viewed as (batch, in_channels, pixels); a larger kernel (the depthwise conv) as the mixture of
   expert outputs ``sum_m r_m * conv(x, W_m)``, exact because convolution is linear and cheap for
   a depthwise conv. Every shape but the batch is static, so it exports with a dynamic batch axis.
-- ``auto`` (the default; the fastest in eager PyTorch on the CPU, measured per layer kind):
-  ``grouped`` for k x k convs and for a batch of one; for a 1x1 conv on a batch, ``batched``
-  where the output has more than `STACKED_MAX_PIXELS` pixels or the conv is grouped, and
-  otherwise ``stacked``.
+- ``auto`` (the default; the fastest in eager PyTorch on the CPU, measured per layer kind in
+  `benchmarks/RESULTS.md`): a 1x1 conv runs ``batched`` (on a channels_last map, as one
+  matrix product per example whose output is channels_last too), or ``stacked`` where the
+  output has at most `STACKED_MAX_PIXELS` pixels; a depthwise conv on a batch of channels_last
+  float32 CPU maps runs the compiled kernel of `condnet.models.native` (``native``), else
+  ``grouped``.
 
 ``stacked``, which only ``auto`` chooses, computes a 1x1 ungrouped conv as
 ``[W_1 .. W_M] @ [r_1 x; ..; r_M x]``: one dense conv over the routing-scaled input copies,
 which never builds the per-example kernels (their size, batch x weights, dominates when the
-feature map is small).
+feature map is small). ``native``, which only ``auto`` chooses, convolves each example with its
+mixed kernel directly on the channels_last map, forward and backward.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from condnet.errors import CondnetError
+from condnet.models import native
 
 FORMULATIONS = ("auto", "grouped", "batched")
 # `auto` mixes kernels only where the output has more pixels than this (else it scales inputs).
@@ -172,14 +176,36 @@ class CondConv2d(nn.Module):
             return self._forward_grouped(x, routing_weights)
         if formulation == "stacked":
             return self._forward_stacked(x, routing_weights)
+        if formulation == "native":
+            return self._forward_native(x, routing_weights)
         return self._forward_batched(x, routing_weights)
 
     def _auto_formulation(self, x: Tensor) -> str:
-        if self.kernel_size != (1, 1) or x.shape[0] == 1:
-            return "grouped"
+        if self.kernel_size != (1, 1):
+            return "native" if self._native_applies(x) else "grouped"
         (pad_h, pad_w), (stride_h, stride_w) = self.padding, self.stride
         pixels = -(-(x.shape[2] + 2 * pad_h) // stride_h) * -(-(x.shape[3] + 2 * pad_w) // stride_w)
-        return "batched" if pixels > STACKED_MAX_PIXELS or self.groups > 1 else "stacked"
+        small = pixels <= STACKED_MAX_PIXELS and self.groups == 1 and x.shape[0] > 1
+        return "stacked" if small else "batched"
+
+    def _native_applies(self, x: Tensor) -> bool:
+        """Whether the compiled depthwise kernel can run `x`: see `condnet.models.native`."""
+        return (
+            self.groups == self.in_channels == self.out_channels
+            and x.shape[0] > 1
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.jit.is_tracing()
+            and native.kernel() is not None
+        )
+
+    def _forward_native(self, x: Tensor, routing_weights: Tensor) -> Tensor:
+        """Depthwise, one kernel per example, mixed straight into the (k, k, channels) layout
+        the compiled kernel reads."""
+        experts = self.weight.permute(0, 2, 3, 4, 1).reshape(self.num_experts, -1)
+        kernels = (routing_weights @ experts).reshape(-1, *self.kernel_size, self.out_channels)
+        return native.per_example_depthwise(x, kernels, self.bias, self.stride[0], self.padding[0])
 
     def _forward_stacked(self, x: Tensor, routing_weights: Tensor) -> Tensor:
         """1x1, groups 1: ``sum_m W_m (r_m x)`` as one conv over M routing-scaled input copies."""
@@ -214,6 +240,8 @@ class CondConv2d(nn.Module):
         weight = (routing_weights @ self.weight.reshape(self.num_experts, -1)).reshape(
             -1, groups, self.out_channels // groups, self.in_channels // groups
         )
+        if groups == 1 and x.is_contiguous(memory_format=torch.channels_last):
+            return self._pointwise_rows(x, weight[:, 0])
         x = x.reshape(-1, groups, self.in_channels // groups, out_h * out_w)
         if self.bias is not None and groups == 1:  # the bias inside the product: no extra pass
             out = torch.baddbmm(self.bias[:, None], weight[:, 0], x[:, 0])
@@ -221,6 +249,18 @@ class CondConv2d(nn.Module):
             out = weight @ x
             out = out if self.bias is None else out + self.bias.reshape(groups, -1, 1)
         return out.reshape(-1, self.out_channels, out_h, out_w)
+
+    def _pointwise_rows(self, x: Tensor, weight: Tensor) -> Tensor:
+        """A channels_last map is a (pixels, in_channels) matrix per example: multiplied by the
+        transposed kernels it gives the output channels_last too, with no layout copy."""
+        batch, _, height, width = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, self.in_channels)
+        kernels = weight.transpose(1, 2)
+        if self.bias is None:
+            out = torch.bmm(rows, kernels)
+        else:
+            out = torch.baddbmm(self.bias, rows, kernels)
+        return out.reshape(batch, height, width, self.out_channels).permute(0, 3, 1, 2)
 
     def _forward_mixture(self, x: Tensor, routing_weights: Tensor) -> Tensor:
         """``sum_m r_m * conv(x, W_m)``: equal to the mixed kernel's conv because conv is linear."""
