@@ -6,6 +6,7 @@ import torch
 import condnet
 from condnet.deploy.inference import PointwiseConv2d, channels_last_weights, prepare_inference
 from condnet.memory import retain_freed_memory
+from condnet.models.condconv import CondConv2d
 
 TINY = {"widths": [8, 8, 16, 16, 24, 24], "repeats": 1, "head_channels": 32}
 
@@ -34,14 +35,16 @@ def test_prepare_inference_matches_the_model(name, batch, layout):
     assert isinstance(model.stages[0][0].expand.bn, torch.nn.BatchNorm2d)  # the model is unchanged
 
 
-def test_channels_last_weights_converts_4d_parameters_only():
+def test_channels_last_weights_converts_4d_and_5d_parameters_only():
     model = channels_last_weights(condnet.build_model("paper-condconv", **TINY))
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
     for param in model.parameters():
-        if param.dim() == 4:
-            assert param.is_contiguous(memory_format=torch.channels_last)
-        else:
-            assert param.is_contiguous()
-    assert any(p.dim() == 5 for p in model.parameters())  # the CondConv experts stay as they are
+        assert param.is_contiguous(memory_format=formats.get(param.dim(), torch.contiguous_format))
+    assert any(p.dim() == 5 for p in model.parameters())
+    # The CondConv experts, (in, k, k, out) per expert: the mixing reads them with no copy.
+    layer = next(m for m in model.modules() if isinstance(m, CondConv2d))
+    experts = layer._experts_channels_last()
+    assert experts.data_ptr() == layer.weight.data_ptr() and experts.is_contiguous()
 
 
 def test_retain_freed_memory_applies_and_changes_no_result(monkeypatch):

@@ -54,17 +54,19 @@ def test_forward_and_backward_match_the_grouped_conv(
 
 
 @needs_kernel
-def test_auto_runs_channels_last_depthwise_batches_in_the_kernel(monkeypatch):
+def test_auto_runs_channels_last_float32_depthwise_in_the_kernel(monkeypatch):
     calls = []
     real = native.per_example_depthwise
     monkeypatch.setattr(native, "per_example_depthwise", lambda *a: calls.append(a) or real(*a))
     layer = CondConv2d(8, 8, 3, groups=8, num_experts=4)
     x = torch.randn(4, 8, 6, 6)
     layer(x.contiguous(memory_format=torch.channels_last), torch.rand(4, 4))
-    assert len(calls) == 1
-    layer(x, torch.rand(4, 4))  # NCHW: the grouped conv reads it as it is
     layer(x[:1].contiguous(memory_format=torch.channels_last), torch.rand(1, 4))  # one image
-    assert len(calls) == 1
+    assert len(calls) == 2
+    layer(x, torch.rand(4, 4))  # NCHW: the grouped conv reads it as it is
+    x64 = x.double().contiguous(memory_format=torch.channels_last)
+    layer.double()(x64, torch.rand(4, 4).double())
+    assert len(calls) == 2
 
 
 def test_disabled_or_failed_build_falls_back_to_the_grouped_conv(monkeypatch):

@@ -192,7 +192,6 @@ class CondConv2d(nn.Module):
         """Whether the compiled depthwise kernel can run `x`: see `condnet.models.native`."""
         return (
             self.groups == self.in_channels == self.out_channels
-            and x.shape[0] > 1
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and x.is_contiguous(memory_format=torch.channels_last)
@@ -203,8 +202,8 @@ class CondConv2d(nn.Module):
     def _forward_native(self, x: Tensor, routing_weights: Tensor) -> Tensor:
         """Depthwise, one kernel per example, mixed straight into the (k, k, channels) layout
         the compiled kernel reads."""
-        experts = self.weight.permute(0, 2, 3, 4, 1).reshape(self.num_experts, -1)
-        kernels = (routing_weights @ experts).reshape(-1, *self.kernel_size, self.out_channels)
+        kernels = routing_weights @ self._experts_channels_last()
+        kernels = kernels.reshape(-1, *self.kernel_size, self.out_channels)
         return native.per_example_depthwise(x, kernels, self.bias, self.stride[0], self.padding[0])
 
     def _forward_stacked(self, x: Tensor, routing_weights: Tensor) -> Tensor:
@@ -237,11 +236,11 @@ class CondConv2d(nn.Module):
             x = F.pad(x, (self.padding[1], self.padding[1], self.padding[0], self.padding[0]))
         x = x[:, :, :: self.stride[0], :: self.stride[1]]
         out_h, out_w, groups = x.shape[2], x.shape[3], self.groups
+        if groups == 1 and x.is_contiguous(memory_format=torch.channels_last):
+            return self._pointwise_rows(x, routing_weights)
         weight = (routing_weights @ self.weight.reshape(self.num_experts, -1)).reshape(
             -1, groups, self.out_channels // groups, self.in_channels // groups
         )
-        if groups == 1 and x.is_contiguous(memory_format=torch.channels_last):
-            return self._pointwise_rows(x, weight[:, 0])
         x = x.reshape(-1, groups, self.in_channels // groups, out_h * out_w)
         if self.bias is not None and groups == 1:  # the bias inside the product: no extra pass
             out = torch.baddbmm(self.bias[:, None], weight[:, 0], x[:, 0])
@@ -250,17 +249,24 @@ class CondConv2d(nn.Module):
             out = out if self.bias is None else out + self.bias.reshape(groups, -1, 1)
         return out.reshape(-1, self.out_channels, out_h, out_w)
 
-    def _pointwise_rows(self, x: Tensor, weight: Tensor) -> Tensor:
-        """A channels_last map is a (pixels, in_channels) matrix per example: multiplied by the
-        transposed kernels it gives the output channels_last too, with no layout copy."""
+    def _pointwise_rows(self, x: Tensor, routing_weights: Tensor) -> Tensor:
+        """A channels_last map is a (pixels, in_channels) matrix per example: times the
+        transposed kernel, mixed as such, it gives the output channels_last too, no copy."""
         batch, _, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, self.in_channels)
-        kernels = weight.transpose(1, 2)
+        kernels = (routing_weights @ self._experts_channels_last()).reshape(
+            batch, self.in_channels, self.out_channels
+        )
         if self.bias is None:
             out = torch.bmm(rows, kernels)
         else:
             out = torch.baddbmm(self.bias, rows, kernels)
         return out.reshape(batch, height, width, self.out_channels).permute(0, 3, 1, 2)
+
+    def _experts_channels_last(self) -> Tensor:
+        """The experts as rows of (in_channels / groups, k, k, out_channels) values: a view when
+        the weight is stored channels_last_3d (`condnet.models.layout`), else a copy."""
+        return self.weight.permute(0, 2, 3, 4, 1).reshape(self.num_experts, -1)
 
     def _forward_mixture(self, x: Tensor, routing_weights: Tensor) -> Tensor:
         """``sum_m r_m * conv(x, W_m)``: equal to the mixed kernel's conv because conv is linear."""

@@ -13,6 +13,7 @@ formulations, which compute the same function.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -27,6 +28,7 @@ _loaded: dict[str, ModuleType | None] = {}
 _why_not: list[str] = []
 
 
+@functools.cache
 def _build_flags() -> tuple[str, list[str]]:
     """A build name and compiler flags for this CPU kind: AVX2 code where the CPU has it."""
     capability = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ...
