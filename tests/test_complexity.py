@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import condnet
 from condnet.cli import main
 from condnet.complexity import profile
+from condnet.models.condconv import set_formulation
 
 # The paper's Table 4 (Block A) as the code counts it, its misprints corrected (see the notes
 # of `condnet profile`): (row, repeat, MACs, filter coefficients).
@@ -88,7 +89,8 @@ def test_condconv_routing_and_mixing_by_hand():
 @pytest.mark.parametrize("name", condnet.list_models())
 @pytest.mark.parametrize("resolution", [56, 40])
 def test_flop_counter_mode_agrees(name, resolution):
-    model = condnet.build_model(name).eval()
+    # grouped: every CondConv is one aten.convolution, as the profile counts it
+    model = set_formulation(condnet.build_model(name).eval(), "grouped")
     prof = profile(model, resolution).to_dict()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.randn(1, 3, resolution, resolution))

@@ -190,14 +190,7 @@ class CondConv2d(nn.Module):
 
     def _native_applies(self, x: Tensor) -> bool:
         """Whether the compiled depthwise kernel can run `x`: see `condnet.models.native`."""
-        return (
-            self.groups == self.in_channels == self.out_channels
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.jit.is_tracing()
-            and native.kernel() is not None
-        )
+        return self.groups == self.in_channels == self.out_channels and _native_runs(x)
 
     def _forward_native(self, x: Tensor, routing_weights: Tensor) -> Tensor:
         """Depthwise, one kernel per example, mixed straight into the (k, k, channels) layout
@@ -254,9 +247,13 @@ class CondConv2d(nn.Module):
         transposed kernel, mixed as such, it gives the output channels_last too, no copy."""
         batch, _, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, self.in_channels)
-        kernels = (routing_weights @ self._experts_channels_last()).reshape(
-            batch, self.in_channels, self.out_channels
-        )
+        experts = self._experts_channels_last()
+        if _native_runs(rows) and routing_weights.dtype == torch.float32:
+            out = native.per_example_pointwise(
+                rows, routing_weights.contiguous(), experts, self.bias, self.out_channels
+            )
+            return out.reshape(batch, height, width, self.out_channels).permute(0, 3, 1, 2)
+        kernels = (routing_weights @ experts).reshape(batch, self.in_channels, self.out_channels)
         if self.bias is None:
             out = torch.bmm(rows, kernels)
         else:
@@ -284,6 +281,22 @@ class CondConv2d(nn.Module):
             f"num_experts={self.num_experts}, bias={self.bias is not None}, "
             f"formulation={self.formulation}"
         )
+
+
+def _native_runs(x: Tensor) -> bool:
+    """Whether `condnet.models.native` can run on `x`: float32 on the CPU, channels_last (or
+    a contiguous matrix), compiled, and not being traced for export."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and (
+            x.is_contiguous(memory_format=torch.channels_last)
+            if x.dim() == 4
+            else x.is_contiguous()
+        )
+        and not torch.jit.is_tracing()
+        and native.kernel() is not None
+    )
 
 
 def set_formulation(module: nn.Module, formulation: str) -> nn.Module:
