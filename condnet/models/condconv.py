@@ -247,13 +247,9 @@ class CondConv2d(nn.Module):
         transposed kernel, mixed as such, it gives the output channels_last too, no copy."""
         batch, _, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, self.in_channels)
-        experts = self._experts_channels_last()
-        if _native_runs(rows) and routing_weights.dtype == torch.float32:
-            out = native.per_example_pointwise(
-                rows, routing_weights.contiguous(), experts, self.bias, self.out_channels
-            )
-            return out.reshape(batch, height, width, self.out_channels).permute(0, 3, 1, 2)
-        kernels = (routing_weights @ experts).reshape(batch, self.in_channels, self.out_channels)
+        kernels = (routing_weights @ self._experts_channels_last()).reshape(
+            batch, self.in_channels, self.out_channels
+        )
         if self.bias is None:
             out = torch.bmm(rows, kernels)
         else:

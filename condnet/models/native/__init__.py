@@ -1,17 +1,13 @@
-"""Compiled CPU kernels for CondConv's convolutions with one kernel per example.
+"""A compiled CPU kernel for CondConv's depthwise convolution: one kernel per example.
 
-PyTorch has no convolution with per-example kernels. The portable forms (`condconv.py`) either
-fold the batch into the groups of one grouped convolution, which on the CPU costs 2-4x a plain
-depthwise convolution and needs the map in NCHW, or build every example's mixed 1x1 kernel
-as one (batch, in, out) tensor, written to memory and read back by a batched matrix product.
-`kernels.cpp` computes both directly on channels_last maps, forward and backward:
+PyTorch has no convolution with per-example kernels. The portable form (`condconv.py`) folds
+the batch into the groups of one grouped convolution, which on the CPU costs 2-4x a plain
+depthwise convolution and needs the map in NCHW. `kernels.cpp` computes it directly on
+channels_last maps, forward and both gradients, vectorised over the channels
+(`benchmarks/RESULTS.md` has the measurements).
 
-- the depthwise convolution, vectorised over the channels;
-- the 1x1 convolution one example at a time, its kernel mixed into a per-thread buffer that
-  stays in cache, then multiplied by ATen.
-
-They compile on first use with the system's C++ compiler (`torch.utils.cpp_extension`, about a
-minute, cached per CPU kind in torch's extension folder). Without a compiler, or with
+It compiles on first use with the system's C++ compiler (`torch.utils.cpp_extension`, about
+40 s, cached per CPU kind in torch's extension folder). Without a compiler, or with
 ``CONDNET_NATIVE=0`` in the environment, `kernel()` returns None and CondConv keeps its portable
 formulations, which compute the same function (the tests hold them equal).
 """
@@ -65,7 +61,7 @@ def _build(name: str, flags: list[str]) -> ModuleType | None:
     folder = Path(cpp_extension._get_build_directory(name, verbose=False))
     if not (folder / f"{name}.so").exists():
         print(
-            "condnet: compiling the CondConv kernels for this CPU kind (once; about a minute)",
+            "condnet: compiling the CondConv depthwise kernel for this CPU kind (once; ~40 s)",
             file=sys.stderr,
             flush=True,
         )
@@ -111,36 +107,3 @@ def per_example_depthwise(
 ) -> Tensor:
     """See `PerExampleDepthwise`; needs `kernel()` to be available."""
     return PerExampleDepthwise.apply(x, kernels, bias, stride, pad)
-
-
-class PerExamplePointwise(torch.autograd.Function):
-    """``out[b] = rows[b] @ (sum_m routing[b, m] * experts[m]).view(in, out) + bias``;
-    `rows` is (batch, pixels, in), `experts` (experts, in * out), all float32 and contiguous."""
-
-    @staticmethod
-    def forward(ctx, rows, routing, experts, bias, out_channels: int):
-        ctx.save_for_backward(rows, routing, experts)
-        ctx.has_bias = bias is not None
-        return kernel().pointwise_forward(rows, routing, experts, bias, out_channels)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        rows, routing, experts = ctx.saved_tensors
-        grad_rows, grad_routing, grad_experts = kernel().pointwise_backward(
-            grad, rows, routing, experts, ctx.needs_input_grad[0]
-        )
-        grad_bias = grad.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None
-        return (
-            grad_rows if ctx.needs_input_grad[0] else None,
-            grad_routing,
-            grad_experts,
-            grad_bias,
-            None,
-        )
-
-
-def per_example_pointwise(
-    rows: Tensor, routing: Tensor, experts: Tensor, bias: Tensor | None, out_channels: int
-) -> Tensor:
-    """See `PerExamplePointwise`; needs `kernel()` to be available."""
-    return PerExamplePointwise.apply(rows, routing, experts, bias, out_channels)

@@ -1,7 +1,5 @@
-// CondConv's convolutions with one kernel per example, on channels_last float32 maps: the
-// depthwise one, and (further down) the 1x1 one with its kernels mixed in cache.
+// CondConv's depthwise convolution with one kernel per example, on channels_last float32 maps.
 //
-// Depthwise:
 // x: (batch, channels, height, width) stored channels_last, i.e. (batch, height, width,
 // channels) in memory; kernels: (batch, k, k, channels), contiguous. Every inner loop runs
 // over the channels, which are contiguous in both, so the compiler vectorises it. The
@@ -11,7 +9,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <vector>
 
 namespace {
 
@@ -200,152 +197,8 @@ torch::Tensor backward_kernels(torch::Tensor grad, torch::Tensor x, int64_t k, i
   return gk;
 }
 
-// ---------------------------------------------------------------------------------------------
-// A 1x1 convolution with one kernel per example, mixed from the experts one example at a time.
-//
-// rows: (batch, pixels, in) -- a channels_last map viewed as a matrix per example; routing:
-// (batch, experts); experts: (experts, in * out), each expert's (in, out) kernel row-major.
-// The mixed kernel of an example is built in a per-thread buffer and used at once, so it never
-// goes to memory as a (batch, in, out) tensor; the matrix products are ATen's (one thread each,
-// examples split across the threads).
-
-namespace {
-
-// kernel = sum over m of routing[m] * experts[m], n values.
-void mix(float* kernel, const float* experts, const float* routing, int64_t num_experts,
-         int64_t n) {
-  int64_t c = 0;
-  for (; c + kBlock <= n; c += kBlock) {
-    Vec acc[kVectors] = {};
-    for (int64_t m = 0; m < num_experts; ++m) {
-      const Vec r = Vec{} + routing[m];
-      const float* e = experts + m * n + c;
-#pragma GCC unroll 4
-      for (int64_t v = 0; v < kVectors; ++v) acc[v] += r * load(e + v * kLanes);
-    }
-#pragma GCC unroll 4
-    for (int64_t v = 0; v < kVectors; ++v) store(kernel + c + v * kLanes, acc[v]);
-  }
-  for (; c < n; ++c) {
-    float acc = 0.f;
-    for (int64_t m = 0; m < num_experts; ++m) acc += routing[m] * experts[m * n + c];
-    kernel[c] = acc;
-  }
-}
-
-void check_pointwise(const torch::Tensor& rows, const torch::Tensor& routing,
-                     const torch::Tensor& experts) {
-  TORCH_CHECK(rows.dim() == 3 && routing.dim() == 2 && experts.dim() == 2,
-              "pointwise: (batch, pixels, in) rows, (batch, experts) routing, (experts, in*out)");
-  TORCH_CHECK(rows.scalar_type() == torch::kFloat && routing.scalar_type() == torch::kFloat &&
-                  experts.scalar_type() == torch::kFloat,
-              "pointwise: float32 expected");
-  TORCH_CHECK(rows.is_contiguous() && routing.is_contiguous() && experts.is_contiguous(),
-              "pointwise: contiguous inputs expected");
-}
-
-}  // namespace
-
-torch::Tensor pointwise_forward(torch::Tensor rows, torch::Tensor routing, torch::Tensor experts,
-                                c10::optional<torch::Tensor> bias, int64_t out_channels) {
-  check_pointwise(rows, routing, experts);
-  const int64_t batch = rows.size(0), pixels = rows.size(1), in = rows.size(2);
-  const int64_t num_experts = experts.size(0), n = in * out_channels;
-  TORCH_CHECK(experts.size(1) == n && routing.size(0) == batch && routing.size(1) == num_experts,
-              "pointwise: shapes disagree");
-  auto out = torch::empty({batch, pixels, out_channels}, rows.options());
-  const torch::Tensor bias_c = bias.has_value() ? bias->contiguous() : torch::Tensor();
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    auto kernel = torch::empty({in, out_channels}, rows.options());
-    for (int64_t b = begin; b < end; ++b) {
-      mix(kernel.data_ptr<float>(), experts.data_ptr<float>(),
-          routing.data_ptr<float>() + b * num_experts, num_experts, n);
-      auto o = out.select(0, b);
-      if (bias_c.defined()) {
-        at::addmm_out(o, bias_c, rows.select(0, b), kernel);
-      } else {
-        at::mm_out(o, rows.select(0, b), kernel);
-      }
-    }
-  });
-  return out;
-}
-
-namespace {
-
-// sum of a[c] * b[c], c in [0, n).
-float dot(const float* a, const float* b, int64_t n) {
-  Vec acc[kVectors] = {};
-  int64_t c = 0;
-  for (; c + kBlock <= n; c += kBlock) {
-#pragma GCC unroll 4
-    for (int64_t v = 0; v < kVectors; ++v) acc[v] += load(a + c + v * kLanes) * load(b + c + v * kLanes);
-  }
-  float total = 0.f;
-  for (int64_t v = 0; v < kVectors; ++v)
-    for (int64_t l = 0; l < kLanes; ++l) total += acc[v][l];
-  for (; c < n; ++c) total += a[c] * b[c];
-  return total;
-}
-
-// y[c] += alpha * x[c], c in [0, n).
-void axpy(float* y, float alpha, const float* x, int64_t n) {
-  const Vec a = Vec{} + alpha;
-  int64_t c = 0;
-  for (; c + kBlock <= n; c += kBlock) {
-#pragma GCC unroll 4
-    for (int64_t v = 0; v < kVectors; ++v) {
-      const int64_t at = c + v * kLanes;
-      store(y + at, load(y + at) + a * load(x + at));
-    }
-  }
-  for (; c < n; ++c) y[c] += alpha * x[c];
-}
-
-}  // namespace
-
-// Gradients for rows, routing and experts; the per-example kernels and their gradients are
-// built and consumed one example at a time, like the forward pass.
-std::vector<torch::Tensor> pointwise_backward(torch::Tensor grad, torch::Tensor rows,
-                                              torch::Tensor routing, torch::Tensor experts,
-                                              bool need_rows) {
-  grad = grad.contiguous();
-  check_pointwise(rows, routing, experts);
-  const int64_t batch = rows.size(0), in = rows.size(2), out_channels = grad.size(2);
-  const int64_t num_experts = experts.size(0), n = in * out_channels;
-  const int64_t threads = at::get_num_threads();
-  auto grad_rows = need_rows ? torch::empty_like(rows) : torch::Tensor();
-  auto grad_routing = torch::empty({batch, num_experts}, rows.options());
-  auto partial = torch::zeros({threads, num_experts, n}, rows.options());
-  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    const int64_t thread = at::get_thread_num();
-    float* experts_grad = partial.data_ptr<float>() + thread * num_experts * n;
-    auto kernel = torch::empty({in, out_channels}, rows.options());
-    auto kernel_grad = torch::empty({in, out_channels}, rows.options());
-    const float* e = experts.data_ptr<float>();
-    for (int64_t b = begin; b < end; ++b) {
-      const float* r = routing.data_ptr<float>() + b * num_experts;
-      if (need_rows) {
-        mix(kernel.data_ptr<float>(), e, r, num_experts, n);
-        auto gr = grad_rows.select(0, b);
-        at::mm_out(gr, grad.select(0, b), kernel.t());
-      }
-      at::mm_out(kernel_grad, rows.select(0, b).t(), grad.select(0, b));
-      const float* gk = kernel_grad.data_ptr<float>();
-      float* gr = grad_routing.data_ptr<float>() + b * num_experts;
-      for (int64_t m = 0; m < num_experts; ++m) {
-        gr[m] = dot(gk, e + m * n, n);
-        axpy(experts_grad + m * n, r[m], gk, n);
-      }
-    }
-  });
-  return {grad_rows, grad_routing, partial.sum(0)};
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "per-example depthwise convolution (channels_last, float32)");
   m.def("backward_input", &backward_input, "its gradient for the input");
   m.def("backward_kernels", &backward_kernels, "its gradient for the per-example kernels");
-  m.def("pointwise_forward", &pointwise_forward, "per-example 1x1 convolution of matrix rows");
-  m.def("pointwise_backward", &pointwise_backward, "its gradients: rows, routing, experts");
 }
