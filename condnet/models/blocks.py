@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from condnet.errors import CondnetError
 from condnet.models.condconv import CondConv2d, Routing
+from condnet.models.pooling import spatial_mean
 
 LayerFactory = Callable[..., nn.Module]
 
@@ -101,7 +102,7 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Linear(reduced, channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        scale = torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3))))))
+        scale = torch.sigmoid(self.fc2(self.act(self.fc1(spatial_mean(x)))))
         return x * scale[:, :, None, None]
 
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from condnet.errors import CondnetError
 from condnet.models import native
+from condnet.models.pooling import spatial_mean
 
 FORMULATIONS = ("auto", "grouped", "batched")
 # `auto` mixes kernels only where the output has more pixels than this (else it scales inputs).
@@ -69,7 +70,7 @@ class Routing(nn.Module):
         self.register_buffer("temperature", torch.ones(()))
 
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.fc(x.mean((2, 3))) / self.temperature
+        logits = self.fc(spatial_mean(x)) / self.temperature
         return (
             torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=1)
         )
