@@ -8,9 +8,9 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 LINTED := condnet tests benchmarks experiments tools
 
-.PHONY: setup data test demo lint clean
+.PHONY: setup data kernels test demo lint clean
 
-setup: $(STAMP) data
+setup: $(STAMP) data kernels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 data:
 	@bash scripts/install-data.sh $(FASHION_MNIST)
+
+# CondConv's compiled CPU kernel (condnet/models/native): built once here, cached by torch.
+kernels: $(STAMP)
+	@$(BIN)/python -c "from condnet.models import native; native.kernel()"
 
 # Lint and format first: a finding fails the test run before any test starts.
 # pytest exits 5 when it collects nothing (a wrong path or -k, a broken conftest): that fails too.

@@ -16,6 +16,8 @@ from condnet.config import RunConfig
 from condnet.engine import distributed
 from condnet.engine.distributed import Dist
 from condnet.errors import CondnetError
+from condnet.models import native
+from condnet.models.condconv import CondConv2d
 from condnet.models.layout import channels_last_weights
 
 
@@ -61,8 +63,11 @@ def device_name(device: torch.device) -> str:
 
 
 def place_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
-    """Move `model` to the device; with channels_last, every 4-D weight goes NHWC too."""
+    """Move `model` to the device; with channels_last, every 4-D weight goes NHWC too. On the
+    CPU a CondConv network's compiled kernel is built (or loaded) here, before any clock runs."""
     model.to(rt.device)
+    if rt.device.type == "cpu" and any(isinstance(m, CondConv2d) for m in model.modules()):
+        native.kernel()
     return channels_last_weights(model) if rt.channels_last else model
 
 
