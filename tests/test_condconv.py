@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import condnet
 from condnet.errors import CondnetError
-from condnet.models import native
+from condnet.models import condconv, native
 from condnet.models.condconv import FORMULATIONS, CondConv2d, set_formulation
 
 
@@ -174,3 +174,25 @@ def test_padding_is_honoured_as_by_conv2d(padding, stride, groups, kernel_size):
     assert want.shape == plain(x).shape  # the reference has nn.Conv2d's output size
     for name, out in every_path(layer, x, r).items():
         torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_inference_mixes_1x1_kernels_chunk_by_chunk(monkeypatch):
+    monkeypatch.setattr(condconv, "MIXING_CACHE_FLOATS", 1)  # chunks of MIN_MIXING_CHUNK = 8
+    layer = CondConv2d(6, 10, 1, num_experts=3, bias=True)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(20, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    r = torch.rand(20, 3)
+    chunks, real = [], layer._rows_times_kernels
+    monkeypatch.setattr(
+        layer, "_rows_times_kernels", lambda *a, **k: chunks.append(len(a[0])) or real(*a, **k)
+    )
+    with torch.no_grad():
+        out = layer(x, r)
+    assert chunks == [8, 8, 4]
+    torch.testing.assert_close(
+        out, naive(layer, x, r) + layer.bias[:, None, None], rtol=1e-5, atol=1e-5
+    )
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    layer(x, r)  # with autograd: one product for the batch
+    assert chunks == [8, 8, 4, 20]

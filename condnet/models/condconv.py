@@ -41,6 +41,10 @@ from condnet.models.pooling import spatial_mean
 FORMULATIONS = ("auto", "grouped", "batched")
 # `auto` mixes kernels only where the output has more pixels than this (else it scales inputs).
 STACKED_MAX_PIXELS = 16
+# Inference mixes 1x1 kernels for a chunk of the batch at a time, as many examples as fit in
+# this many floats (8 MiB, a share of a server CPU's cache), and at least MIN_MIXING_CHUNK.
+MIXING_CACHE_FLOATS = 1 << 21
+MIN_MIXING_CHUNK = 8
 
 
 ROUTING_ACTIVATIONS = ("sigmoid", "softmax")
@@ -245,17 +249,35 @@ class CondConv2d(nn.Module):
 
     def _pointwise_rows(self, x: Tensor, routing_weights: Tensor) -> Tensor:
         """A channels_last map is a (pixels, in_channels) matrix per example: times the
-        transposed kernel, mixed as such, it gives the output channels_last too, no copy."""
+        transposed kernel, mixed as such, it gives the output channels_last too, no copy.
+
+        Without autograd the batch goes in chunks whose mixed kernels fit in the CPU's cache
+        (`MIXING_CACHE_FLOATS`), so each chunk's product reads them from there."""
         batch, _, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, self.in_channels)
+        chunk = self._mixing_chunk(batch)
+        if chunk >= batch:
+            out = self._rows_times_kernels(rows, routing_weights)
+        else:
+            out = rows.new_empty(batch, height * width, self.out_channels)
+            for start in range(0, batch, chunk):
+                part = slice(start, start + chunk)
+                self._rows_times_kernels(rows[part], routing_weights[part], out=out[part])
+        return out.reshape(batch, height, width, self.out_channels).permute(0, 3, 1, 2)
+
+    def _mixing_chunk(self, batch: int) -> int:
+        if torch.is_grad_enabled() or torch.jit.is_tracing():
+            return batch  # measured: chunks do not pay in training, and export needs one product
+        fits = MIXING_CACHE_FLOATS // (self.in_channels * self.out_channels)
+        return max(MIN_MIXING_CHUNK, 1 << max(fits, 1).bit_length() - 1)
+
+    def _rows_times_kernels(self, rows: Tensor, routing_weights: Tensor, out=None) -> Tensor:
         kernels = (routing_weights @ self._experts_channels_last()).reshape(
-            batch, self.in_channels, self.out_channels
+            -1, self.in_channels, self.out_channels
         )
         if self.bias is None:
-            out = torch.bmm(rows, kernels)
-        else:
-            out = torch.baddbmm(self.bias, rows, kernels)
-        return out.reshape(batch, height, width, self.out_channels).permute(0, 3, 1, 2)
+            return torch.bmm(rows, kernels, out=out)
+        return torch.baddbmm(self.bias, rows, kernels, out=out)
 
     def _experts_channels_last(self) -> Tensor:
         """The experts as rows of (in_channels / groups, k, k, out_channels) values: a view when

@@ -66,6 +66,23 @@ inline void sum_of_products_block(float* o, const float* const* a, const float* 
   for (int64_t v = 0; v < kVectors; ++v) store(o + offset + v * kLanes, acc[v]);
 }
 
+// The same with the tap count known at compile time (a 3x3 kernel inside the map): unrolled.
+template <int64_t Taps>
+inline void sum_of_products_fixed(float* o, const float* const* a, const float* const* b,
+                                  const float* bias, int64_t offset) {
+  Vec acc[kVectors];
+#pragma GCC unroll 4
+  for (int64_t v = 0; v < kVectors; ++v) acc[v] = bias ? load(bias + offset + v * kLanes) : Vec{};
+#pragma GCC unroll 9
+  for (int64_t t = 0; t < Taps; ++t) {
+#pragma GCC unroll 4
+    for (int64_t v = 0; v < kVectors; ++v)
+      acc[v] += load(a[t] + offset + v * kLanes) * load(b[t] + offset + v * kLanes);
+  }
+#pragma GCC unroll 4
+  for (int64_t v = 0; v < kVectors; ++v) store(o + offset + v * kLanes, acc[v]);
+}
+
 inline void sum_of_products_tail(float* o, const float* const* a, const float* const* b,
                                  int64_t taps, const float* bias, int64_t from, int64_t to) {
   for (int64_t c = from; c < to; ++c) {
@@ -78,6 +95,9 @@ inline void sum_of_products_tail(float* o, const float* const* a, const float* c
 inline void sum_of_products_all(float* o, const float* const* a, const float* const* b,
                                 int64_t taps, const float* bias, int64_t channels) {
   int64_t c = 0;
+  if (taps == 9) {
+    for (; c + kBlock <= channels; c += kBlock) sum_of_products_fixed<9>(o, a, b, bias, c);
+  }
   for (; c + kBlock <= channels; c += kBlock) sum_of_products_block(o, a, b, taps, bias, c);
   sum_of_products_tail(o, a, b, taps, bias, c, channels);
 }
