@@ -19,6 +19,7 @@ from condnet.deploy.model_file import read_bundle
 from condnet.deploy.weights import save_weights
 from condnet.engine.checkpoint import checkpoint_state, save_checkpoint
 from condnet.errors import CondnetError
+from condnet.models.layout import channels_last_weights
 
 
 @pytest.mark.parametrize("name", condnet.list_models())
@@ -32,6 +33,16 @@ def test_paper_presets_in_onnx_runtime_match_pytorch(name, tmp_path):
     assert "BatchNormalization" not in {node.op_type for node in graph.node}
     batch_axis = graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_axis.dim_param == "batch" and not batch_axis.HasField("dim_value")
+
+
+def test_channels_last_condconv_exports_at_batch_1_7_64(tmp_path):
+    # channels_last weights: the stem's output is channels_last, so the trace takes the 1x1
+    # CondConvs' row products; the graph must still hold for every batch size.
+    model = channels_last_weights(small_model("condconv"))
+    path = tmp_path / "model.onnx"
+    export_onnx(Bundle(model, CLASS_NAMES, TransformSpec.from_dict(EVAL_TRANSFORM)), path)
+    differences = check_onnx(path, model, batches=(1, 7, 64))
+    assert set(differences) == {1, 7, 64} and max(differences.values()) <= 1e-4
 
 
 def test_export_check_cli_at_batch_1_7_64(tmp_path, capsys):

@@ -255,19 +255,20 @@ class CondConv2d(nn.Module):
         (`MIXING_CACHE_FLOATS`), so each chunk's product reads them from there."""
         batch, _, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, self.in_channels)
-        chunk = self._mixing_chunk(batch)
-        if chunk >= batch:
+        whole = torch.is_grad_enabled() or torch.jit.is_tracing()
+        if whole or self._mixing_chunk() >= batch:
             out = self._rows_times_kernels(rows, routing_weights)
         else:
+            chunk = self._mixing_chunk()
             out = rows.new_empty(batch, height * width, self.out_channels)
             for start in range(0, batch, chunk):
                 part = slice(start, start + chunk)
                 self._rows_times_kernels(rows[part], routing_weights[part], out=out[part])
         return out.reshape(batch, height, width, self.out_channels).permute(0, 3, 1, 2)
 
-    def _mixing_chunk(self, batch: int) -> int:
-        if torch.is_grad_enabled() or torch.jit.is_tracing():
-            return batch  # measured: chunks do not pay in training, and export needs one product
+    def _mixing_chunk(self) -> int:
+        """Examples per chunk in inference (in training chunks did not pay, measured, and an
+        export needs one product for any batch)."""
         fits = MIXING_CACHE_FLOATS // (self.in_channels * self.out_channels)
         return max(MIN_MIXING_CHUNK, 1 << max(fits, 1).bit_length() - 1)
 
