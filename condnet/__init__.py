@@ -3,7 +3,9 @@
 from condnet.deploy.fuse import fuse
 from condnet.deploy.inference import prepare_inference
 from condnet.errors import CondnetError
+from condnet.memory import retain_freed_memory
 from condnet.models import CondNet, NetSpec, build_model, get_spec, list_models
+from condnet.models.layout import channels_last_weights
 from condnet.version import __version__
 
 __all__ = [
@@ -12,11 +14,13 @@ __all__ = [
     "NetSpec",
     "__version__",
     "build_model",
+    "channels_last_weights",
     "fuse",
     "get_spec",
     "list_models",
     "load_pretrained",
     "prepare_inference",
+    "retain_freed_memory",
 ]
 
 

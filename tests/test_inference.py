@@ -1,5 +1,7 @@
 """The fast inference form computes what the model computes; the allocator setting is safe."""
 
+import copy
+
 import pytest
 import torch
 
@@ -56,3 +58,19 @@ def test_retain_freed_memory_applies_and_changes_no_result(monkeypatch):
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
     monkeypatch.setenv("CONDNET_RETAIN_MEMORY", "0")
     assert retain_freed_memory() is False
+
+
+def test_own_training_loop_lines_from_the_readme_train_the_same_network():
+    # The README's two lines for a training loop of one's own: the same step, faster layout.
+    assert condnet.retain_freed_memory() is True
+    torch.manual_seed(0)
+    plain = condnet.build_model("paper-condconv", **TINY)
+    fast = condnet.channels_last_weights(copy.deepcopy(plain))
+    images, labels = torch.randn(4, 3, 24, 24), torch.tensor([0, 1, 2, 3])
+    for model, x in ((plain, images), (fast, images.contiguous(memory_format=torch.channels_last))):
+        loss = torch.nn.functional.cross_entropy(model(x), labels)
+        loss.backward()
+        model.loss = loss.item()
+    assert fast.loss == pytest.approx(plain.loss, rel=1e-5)
+    for a, b in zip(plain.parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5)
