@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -32,11 +33,13 @@ _why_not: list[str] = []
 
 @functools.cache
 def _build_flags() -> tuple[str, list[str]]:
-    """A build name and compiler flags for this CPU kind: AVX2 code where the CPU has it."""
+    """A build name and compiler flags for this CPU kind and torch version (a build for
+    another torch would not load): AVX2 code where the CPU has it."""
     capability = torch.backends.cpu.get_cpu_capability()  # "AVX2", "AVX512", "DEFAULT", ...
+    version = re.sub(r"\W", "_", torch.__version__)
     if capability in ("AVX2", "AVX512"):
-        return "condnet_kernels_avx2", ["-O3", "-mavx2", "-mfma"]
-    return "condnet_kernels_base", ["-O3"]
+        return f"condnet_kernels_avx2_torch{version}", ["-O3", "-mavx2", "-mfma"]
+    return f"condnet_kernels_base_torch{version}", ["-O3"]
 
 
 def kernel() -> ModuleType | None:
