@@ -93,3 +93,14 @@ def test_disabled_or_failed_build_falls_back_to_the_grouped_conv(monkeypatch):
     out = layer(x, r)
     layer.formulation = "grouped"
     torch.testing.assert_close(out, layer(x, r))
+
+
+@needs_kernel
+def test_runs_under_cpu_autocast():
+    layer = CondConv2d(16, 16, 3, groups=16, num_experts=4)
+    x = torch.randn(3, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    r = torch.rand(3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x, r)
+    layer.formulation = "grouped"
+    torch.testing.assert_close(out.float(), layer(x, r), rtol=2e-2, atol=2e-2)

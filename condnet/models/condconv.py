@@ -201,7 +201,8 @@ class CondConv2d(nn.Module):
         """Depthwise, one kernel per example, mixed straight into the (k, k, channels) layout
         the compiled kernel reads."""
         kernels = routing_weights @ self._experts_channels_last()
-        kernels = kernels.reshape(-1, *self.kernel_size, self.out_channels)
+        # CPU autocast may give the product in bfloat16; the kernel reads the map's float32.
+        kernels = kernels.to(x.dtype).reshape(-1, *self.kernel_size, self.out_channels)
         return native.per_example_depthwise(x, kernels, self.bias, self.stride[0], self.padding[0])
 
     def _forward_stacked(self, x: Tensor, routing_weights: Tensor) -> Tensor:
@@ -304,16 +305,12 @@ class CondConv2d(nn.Module):
 
 
 def _native_runs(x: Tensor) -> bool:
-    """Whether `condnet.models.native` can run on `x`: float32 on the CPU, channels_last (or
-    a contiguous matrix), compiled, and not being traced for export."""
+    """Whether `condnet.models.native` can run on `x`: a channels_last float32 map on the CPU,
+    the kernel compiled, and no tracing for export."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
-        and (
-            x.is_contiguous(memory_format=torch.channels_last)
-            if x.dim() == 4
-            else x.is_contiguous()
-        )
+        and x.is_contiguous(memory_format=torch.channels_last)
         and not torch.jit.is_tracing()
         and native.kernel() is not None
     )
