@@ -1,9 +1,11 @@
 """Each data source reads its on-disk format; subsets; transforms; safe unpickling."""
 
 import builtins
+import gc
 import os
 import pickle
 import tracemalloc
+import warnings
 import weakref
 from pathlib import Path
 
@@ -331,3 +333,13 @@ def test_prepare_imagenet(tmp_path, capsys):
     assert "written 0, already there 8" in capsys.readouterr().out
     train, _ = load_splits(data_cfg(source="imagefolder", root=str(tmp_path / "small")), 0)
     assert train.class_names == ["n01", "n03"]
+
+
+def test_pickle_reader_closes_its_file(tmp_path):
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps({"data": np.zeros((2, 3), np.uint8), "labels": [1, 2]}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_pickle(path)["labels"] == [1, 2]
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

@@ -6,7 +6,6 @@ names is refused before it is imported or called.
 
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ def load_pickle(path: Path) -> Any:
     """Unpickle `path` admitting only arrays and plain data (Python 2 pickles included)."""
     try:
         with open(path, "rb") as f:
-            return _RestrictedUnpickler(io.BufferedReader(f), encoding="latin1").load()
+            return _RestrictedUnpickler(f, encoding="latin1").load()
     except pickle.UnpicklingError as err:
         raise CondnetError(f"{path}: refused to unpickle: {err}") from None
     except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
