@@ -20,12 +20,16 @@ import torch.nn.functional as F
 M = 4
 
 
-class Mixture(torch.nn.Module):
+class Form(torch.nn.Module):
+    """One exact form: the experts `w` (M, C, 1, 3, 3) and the stride; forward(x, r)."""
+
     def __init__(s, w, stride):
         super().__init__()
         s.w = torch.nn.Parameter(w)
         s.s = stride
 
+
+class Mixture(Form):
     def forward(s, x, r):
         out = None
         for m in range(M):
@@ -34,25 +38,16 @@ class Mixture(torch.nn.Module):
         return out
 
 
-class Multiplier(torch.nn.Module):
-    def __init__(s, w, stride):
-        super().__init__()
-        s.w = torch.nn.Parameter(w.transpose(0, 1).reshape(-1, 1, 3, 3))
-        s.s = stride
-
+class Multiplier(Form):
     def forward(s, x, r):
         C = x.shape[1]
-        y = F.conv2d(x, s.w, None, s.s, 1, groups=C)
+        w = s.w.transpose(0, 1).reshape(-1, 1, 3, 3)  # four output channels per channel
+        y = F.conv2d(x, w, None, s.s, 1, groups=C)
         y = y.reshape(y.shape[0], C, M, y.shape[2], y.shape[3])
         return (y * r[:, None, :, None, None]).sum(2)
 
 
-class Taps(torch.nn.Module):
-    def __init__(s, w, stride):
-        super().__init__()
-        s.w = torch.nn.Parameter(w)
-        s.s = stride
-
+class Taps(Form):
     def forward(s, x, r):
         k = (r @ s.w.reshape(M, -1)).reshape(x.shape[0], x.shape[1], 3, 3)
         xp = F.pad(x, (1, 1, 1, 1))
