@@ -47,6 +47,7 @@ EVALUATION = (
     "tests/test_tensor_loader.py::test_padded_evaluation_gives_exactly_the_unpadded_metrics",
 )
 CONDCONV = ("tests/test_condconv.py",)
+NATIVE = ("tests/test_native.py",)
 ROUTING = (
     "tests/test_routing.py::test_routing_against_its_formula",
     "tests/test_routing.py::test_high_temperature_makes_routing_uniform",
@@ -78,6 +79,7 @@ MET, EVL = "condnet/engine/metrics.py", "condnet/engine/evaluation.py"
 CC, FU = "condnet/models/condconv.py", "condnet/deploy/fuse.py"
 SCH, RT = "condnet/engine/schedule.py", "condnet/engine/runtime.py"
 BT, PK = "condnet/data/batch_transforms.py", "condnet/data/safe_pickle.py"
+NATIVE_PY, POOL = "condnet/models/native/__init__.py", "condnet/models/pooling.py"
 
 MUTATIONS = [
     # --- the bugs a review planted, which the suite once let through ---------------------------
@@ -312,8 +314,8 @@ MUTATIONS = [
     Mutation(
         "condconv: auto stacks 16-pixel maps no more",
         CC,
-        "pixels > STACKED_MAX_PIXELS",
-        "pixels >= STACKED_MAX_PIXELS",
+        "pixels <= STACKED_MAX_PIXELS",
+        "pixels < STACKED_MAX_PIXELS",
         CONDCONV,
     ),
     Mutation(
@@ -342,8 +344,8 @@ MUTATIONS = [
     Mutation(
         "routing: temperature multiplies the logits",
         CC,
-        "logits = self.fc(x.mean((2, 3))) / self.temperature",
-        "logits = self.fc(x.mean((2, 3))) * self.temperature",
+        "logits = self.fc(spatial_mean(x)) / self.temperature",
+        "logits = self.fc(spatial_mean(x)) * self.temperature",
         ROUTING,
     ),
     Mutation(
@@ -352,6 +354,34 @@ MUTATIONS = [
         "torch.softmax(logits, dim=1)",
         "torch.softmax(logits, dim=0)",
         ROUTING,
+    ),
+    Mutation(
+        "condconv: an inference chunk leaves its last example out",
+        CC,
+        "part = slice(start, start + chunk)",
+        "part = slice(start, start + chunk - 1)",
+        CONDCONV,
+    ),
+    Mutation(
+        "native: the depthwise kernel's bias gets no gradient",
+        NATIVE_PY,
+        "grad_bias = grad.sum((0, 2, 3))",
+        "grad_bias = grad.sum((0, 2, 3)) * 0",
+        NATIVE,
+    ),
+    Mutation(
+        "native: auto sends NCHW maps to the channels_last kernel",
+        CC,
+        "and x.is_contiguous(memory_format=torch.channels_last)\n        and not torch.jit",
+        "and not torch.jit",
+        NATIVE + CONDCONV,
+    ),
+    Mutation(
+        "pooling: the SE and routing pool divides by the height alone",
+        POOL,
+        "x.sum((2, 3)) / (x.shape[2] * x.shape[3])",
+        "x.sum((2, 3)) / x.shape[2]",
+        ("tests/test_golden.py", "tests/test_routing.py::test_routing_against_its_formula"),
     ),
     # --- BN folding ----------------------------------------------------------------------------
     Mutation(
