@@ -257,10 +257,10 @@ class CondConv2d(nn.Module):
         batch, _, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, self.in_channels)
         whole = torch.is_grad_enabled() or torch.jit.is_tracing()
-        if whole or self._mixing_chunk() >= batch:
+        chunk = batch if whole else self._mixing_chunk()
+        if chunk >= batch:
             out = self._rows_times_kernels(rows, routing_weights)
         else:
-            chunk = self._mixing_chunk()
             out = rows.new_empty(batch, height * width, self.out_channels)
             for start in range(0, batch, chunk):
                 part = slice(start, start + chunk)

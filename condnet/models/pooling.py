@@ -10,7 +10,7 @@ def spatial_mean(x: Tensor) -> Tensor:
 
     Written as a sum over the pixels divided by their count, so that its gradient reaches `x`
     as a broadcast view, where the gradient of ``mean`` is a full-size tensor written to memory:
-    the SE branch's forward and backward at 96 x 56 x 56, batch 64, took 27 ms instead of 51
-    (`benchmarks/RESULTS.md`).
+    the SE branch's forward and backward at 96 x 56 x 56, batch 64, took 27-32 ms instead of
+    47-51 (`benchmarks/condconv_choices.py`).
     """
     return x.sum((2, 3)) / (x.shape[2] * x.shape[3])

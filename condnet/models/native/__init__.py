@@ -7,9 +7,9 @@ channels_last maps, forward and both gradients, vectorised over the channels
 (`benchmarks/RESULTS.md` has the measurements).
 
 It compiles on first use with the system's C++ compiler (`torch.utils.cpp_extension`, about
-40 s, cached per CPU kind in torch's extension folder). Without a compiler, or with
-``CONDNET_NATIVE=0`` in the environment, `kernel()` returns None and CondConv keeps its portable
-formulations, which compute the same function (the tests hold them equal).
+40 s, cached per CPU kind and torch version in torch's extension folder). Without a compiler,
+or with ``CONDNET_NATIVE=0`` in the environment, `kernel()` returns None and CondConv keeps its
+portable formulations, which compute the same function (the tests hold them equal).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def kernel() -> ModuleType | None:
 
 
 def why_not() -> str:
-    """Why `kernel()` is None: the environment setting or the build's first error line."""
+    """Why `kernel()` is None: the environment setting or the last line of the build's error."""
     if os.environ.get("CONDNET_NATIVE", "1") == "0":
         return "disabled by CONDNET_NATIVE=0"
     return _why_not[-1] if _why_not else ""

@@ -39,7 +39,7 @@ torch::Tensor channels_last_empty(const torch::Tensor& like, int64_t b, int64_t 
 }  // namespace
 
 // Channels are processed in blocks of `kBlock`, accumulated in vector registers over the taps
-// (GCC vector extensions: AVX2 or AVX-512 code with -march=native, plain code elsewhere).
+// (GCC vector extensions: AVX2 code where the loader passes -mavx2, plain code elsewhere).
 typedef float Vec __attribute__((vector_size(32)));
 typedef float UnalignedVec __attribute__((vector_size(32), aligned(4), may_alias));
 constexpr int64_t kLanes = 8;
@@ -51,30 +51,17 @@ inline Vec load(const float* p) { return *reinterpret_cast<const UnalignedVec*>(
 inline void store(float* p, Vec v) { *reinterpret_cast<UnalignedVec*>(p) = v; }
 
 // o[c] = (bias[c] or 0) + sum over taps t of a[t][c] * b[t][c], for c in [offset, +kBlock).
+// `Taps` > 0 fixes the tap count at compile time (a 3x3 kernel inside the map: unrolled);
+// 0 takes `taps`.
+template <int64_t Taps>
 inline void sum_of_products_block(float* o, const float* const* a, const float* const* b,
                                   int64_t taps, const float* bias, int64_t offset) {
-  Vec acc[kVectors];
-#pragma GCC unroll 4
-  for (int64_t v = 0; v < kVectors; ++v) acc[v] = bias ? load(bias + offset + v * kLanes) : Vec{};
-  for (int64_t t = 0; t < taps; ++t) {
-    const float* x = a[t] + offset;
-    const float* y = b[t] + offset;
-#pragma GCC unroll 4
-    for (int64_t v = 0; v < kVectors; ++v) acc[v] += load(x + v * kLanes) * load(y + v * kLanes);
-  }
-#pragma GCC unroll 4
-  for (int64_t v = 0; v < kVectors; ++v) store(o + offset + v * kLanes, acc[v]);
-}
-
-// The same with the tap count known at compile time (a 3x3 kernel inside the map): unrolled.
-template <int64_t Taps>
-inline void sum_of_products_fixed(float* o, const float* const* a, const float* const* b,
-                                  const float* bias, int64_t offset) {
+  const int64_t count = Taps > 0 ? Taps : taps;
   Vec acc[kVectors];
 #pragma GCC unroll 4
   for (int64_t v = 0; v < kVectors; ++v) acc[v] = bias ? load(bias + offset + v * kLanes) : Vec{};
 #pragma GCC unroll 9
-  for (int64_t t = 0; t < Taps; ++t) {
+  for (int64_t t = 0; t < count; ++t) {
 #pragma GCC unroll 4
     for (int64_t v = 0; v < kVectors; ++v)
       acc[v] += load(a[t] + offset + v * kLanes) * load(b[t] + offset + v * kLanes);
@@ -96,9 +83,9 @@ inline void sum_of_products_all(float* o, const float* const* a, const float* co
                                 int64_t taps, const float* bias, int64_t channels) {
   int64_t c = 0;
   if (taps == 9) {
-    for (; c + kBlock <= channels; c += kBlock) sum_of_products_fixed<9>(o, a, b, bias, c);
+    for (; c + kBlock <= channels; c += kBlock) sum_of_products_block<9>(o, a, b, taps, bias, c);
   }
-  for (; c + kBlock <= channels; c += kBlock) sum_of_products_block(o, a, b, taps, bias, c);
+  for (; c + kBlock <= channels; c += kBlock) sum_of_products_block<0>(o, a, b, taps, bias, c);
   sum_of_products_tail(o, a, b, taps, bias, c, channels);
 }
 
