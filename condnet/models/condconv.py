@@ -258,7 +258,7 @@ class CondConv2d(nn.Module):
         rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, self.in_channels)
         whole = torch.is_grad_enabled() or torch.jit.is_tracing()
         chunk = batch if whole else self._mixing_chunk()
-        if chunk >= batch:
+        if whole or chunk >= batch:  # `whole` first: no comparison of traced sizes
             out = self._rows_times_kernels(rows, routing_weights)
         else:
             out = rows.new_empty(batch, height * width, self.out_channels)
