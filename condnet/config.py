@@ -83,6 +83,10 @@ class TrainConfig:
     # Routers' gradient/weight at most this x their experts' (0: off, the paper's text; README:
     # Training block C).
     routing_grad_clip: float = _spec(1.0, min=0.0)
+    # CondConv routers' initial weights: small (N(0, 0.01)) or reference (TF/timm's uniform).
+    routing_init: str = _spec("small", choices=("small", "reference"))
+    # CondConv experts' initial weights: independent draws (the paper) or one draw shared.
+    expert_init: str = _spec("independent", choices=("independent", "shared"))
     routing_lr_auto: bool = _spec(False)  # routers' rates matched to their experts' at step 1
     routing_warmup_epochs: float = _spec(0.0, min=0.0)  # routers' rate ramps from 0 over these
     routing_temperature: float = _spec(1.0, min=1.0)  # routers' initial temperature ...

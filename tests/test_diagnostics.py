@@ -174,7 +174,7 @@ def test_routing_command_writes_figures_and_table(tmp_path, capsys):
     train(cfg, tmp_path / "run", progress=False)
     assert main(["routing", str(tmp_path / "run"), "--out", str(tmp_path / "figs")]) == 0
     out = capsys.readouterr().out
-    assert "| stages.0.0 |" in out and "epoch 2" in out
+    assert "| stages.0.0 |" in out and "epoch 2" in out and "before any cap" in out
     for name in ("routing-classes.png", "routing-training.png"):
         assert (tmp_path / "figs" / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -184,3 +184,40 @@ def test_routing_command_on_a_run_without_routing(tmp_path, capsys):
     assert main(["routing", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no routing.jsonl" in err
+
+
+@pytest.mark.parametrize("limit", [0.0, 1.0, 3.0])
+def test_gradients_are_sampled_before_the_cap_and_the_cap_is_recorded(tmp_path, limit):
+    """The sampled router/expert ratio is the backward pass's; the cap factor recorded is
+    min(1, limit x expert ratio / router ratio) of that sample (1 everywhere with no cap)."""
+    cfg = tiny_config(
+        **{
+            "model.name": "paper-condconv",
+            "train.epochs": 1,
+            "train.routing_grad_clip": limit,
+            "run.routing_stats_every": 1,
+        }
+    )
+    train(cfg, tmp_path, progress=False)
+    samples = [b for r in read_routing(tmp_path) if r["phase"] == "train" for b in r["blocks"]]
+    ratios = [b["grad_ratio_routing"] / b["grad_ratio_experts"] for b in samples]
+    factors = [b["cap_factor"] for b in samples]
+    if limit == 0:
+        assert factors == [1.0] * len(samples)
+    else:
+        assert factors == pytest.approx([min(1.0, limit / r) for r in ratios], rel=1e-4)
+    # A small-initialised router's gradient is far above its experts' (relative to the
+    # weights): the cap binds, and the sample shows what it removed.
+    assert max(ratios) > 3 and (limit == 0 or min(factors) < 1)
+
+
+def test_note_cap_ignores_steps_that_were_not_sampled():
+    model = build_network(tiny_config(**{"model.name": "paper-condconv"}), 4)
+    monitor = RoutingMonitor(model, 4, every=2)
+    model(torch.randn(4, 3, 16, 16)).sum().backward()
+    monitor.train_step(0)
+    router = monitor.blocks[1].routers[0]
+    monitor.note_cap(1, {router: torch.tensor(0.25)})  # step 1: not sampled, ignored
+    monitor.note_cap(0, {router: torch.tensor(0.5)})
+    record = monitor.epoch_records(0)[0]
+    assert [b["cap_factor"] for b in record["blocks"]][:3] == [1.0, 0.5, 1.0]

@@ -10,7 +10,8 @@ from condnet.config import load_config
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.trainer import train
 from condnet.models import list_models
-from condnet.report.build import build_report
+from condnet.report.build import build_report, table3_notes
+from condnet.report.runs import find_runs
 from condnet.reproduce import block_config, reproduce
 from tests.helpers import tiny_config
 
@@ -98,22 +99,36 @@ def test_report_without_runs_is_a_clear_error(tmp_path, capsys):
 
 
 def test_report_notes_miniature_eval_subset_and_routing(tmp_path):
-    overrides = {"train.epochs": 3, "train.epoch_eval_subset": 8, "train.routing_lr_scale": 0.5}
+    overrides = {
+        "train.epochs": 3,
+        "train.epoch_eval_subset": 8,
+        "train.routing_lr_scale": 0.5,
+        "train.lr_per_step": True,
+        "train.routing_init": "reference",
+    }
     path = tmp_path / "tiny.yaml"
     tiny_config(**overrides).save(path)
     report, _ = reproduce(path, tmp_path / "out", progress=False)
     text = report.read_text()
     assert (
         "A miniature of the paper's recipe (synthetic; crop 16, resize 20, scale [0.5, 1.0], "
-        "epochs 3, warmup_epochs 1, batch_size 32, lr_start 0.01, lr_peak 0.1, lr_final 0.001)"
-        in text
+        "epochs 3, warmup_epochs 1, batch_size 32, lr_start 0.01, lr_peak 0.1, lr_final 0.001, "
+        "lr_per_step True)" in text
+    )
+    assert "paper-condconv initialises its routers as the CondConv reference code" in text
+    assert "autocast" not in text  # CPU runs: fp32, nothing to note
+    runs = find_runs(tmp_path / "out", list_models(paper_order=True))
+    runs[1].metrics[-1]["precision"] = "bf16 autocast"
+    assert (
+        "paper-se trained under bf16 autocast (run.amp on CUDA); the paper does not state its "
+        "precision." in table3_notes(runs)
     )
     assert "fixed class-balanced subset of 8 validation images" in text and "(48 images)" in text
     assert (
-        "paper-condconv trains its routers unlike the paper's text: routing_lr_scale=0.5, "
+        "paper-condconv trains block C unlike the paper's text: routing_lr_scale=0.5, "
         "routing_grad_clip=1.0 (see the README's section on training block C)" in text
     )
-    assert "paper-se trains its routers" not in text
+    assert "paper-se trains block C" not in text
     metrics = [
         json.loads(x)
         for x in (tmp_path / "out" / "paper-se" / "metrics.jsonl").read_text().splitlines()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from deploy_helpers import SMALL, small_model
+from deploy_helpers import SMALL, small_model, trained_like
 from helpers import tiny_config
 from torch import nn
 
@@ -24,8 +24,10 @@ from condnet.engine.trainer import (
 )
 from condnet.errors import CondnetError
 from condnet.models.condconv import Routing
+from condnet.models.net import init_routers
 
 OPTIONS = [("sigmoid", 1.0), ("sigmoid", 7.0), ("softmax", 1.0), ("softmax", 7.0)]
+INITS = ["small", "reference"]
 
 
 def routers(model):
@@ -100,11 +102,21 @@ def test_unknown_activation_is_one_line_error():
         condnet.build_model("paper-condconv", routing_activation="tanh")
 
 
+def routed_model(init, **overrides):
+    """`small_model("condconv")` with its routers initialised per `init` before the BN
+    statistics are drawn (`reference` routes each example differently from the start)."""
+    model = condnet.build_model("paper-condconv", num_classes=7, **(SMALL | overrides))
+    torch.manual_seed(0)
+    init_routers(model, init)
+    return trained_like(model)
+
+
 @pytest.mark.parametrize("activation, temperature", OPTIONS)
 @pytest.mark.parametrize("routing", ["block", "conv"])
-def test_fuse_is_exact_with_each_option(activation, temperature, routing):
+@pytest.mark.parametrize("init", INITS)
+def test_fuse_is_exact_with_each_option(activation, temperature, routing, init):
     model = set_temperature(
-        small_model("condconv", routing=routing, routing_activation=activation), temperature
+        routed_model(init, routing=routing, routing_activation=activation), temperature
     )
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
@@ -115,8 +127,9 @@ def test_fuse_is_exact_with_each_option(activation, temperature, routing):
 
 
 @pytest.mark.parametrize("activation, temperature", OPTIONS)
-def test_onnx_is_exact_with_each_option(activation, temperature, tmp_path):
-    model = set_temperature(small_model("condconv", routing_activation=activation), temperature)
+@pytest.mark.parametrize("init", INITS)
+def test_onnx_is_exact_with_each_option(activation, temperature, init, tmp_path):
+    model = set_temperature(routed_model(init, routing_activation=activation), temperature)
     path = tmp_path / "m.onnx"
     export_onnx(
         Bundle(
@@ -174,11 +187,12 @@ def test_apply_schedule_sets_rates_and_temperature():
     assert all(r.temperature.item() == pytest.approx(5.0) for r in routers(model))
 
 
-@pytest.mark.parametrize("per_step", [False, True])
-def test_resume_is_bit_identical_with_routing_schedules(tmp_path, per_step):
+@pytest.mark.parametrize("per_step, init", [(False, "small"), (True, "reference")])
+def test_resume_is_bit_identical_with_routing_schedules(tmp_path, per_step, init):
     cfg = tiny_config(
         **{
             "model.name": "paper-condconv",
+            "train.routing_init": init,
             "model.overrides.routing_activation": "softmax",
             "train.routing_temperature": 20.0,
             "train.routing_anneal_epochs": 2.0,
@@ -281,3 +295,92 @@ def test_grad_clip_holds_the_routers_back(tmp_path):
     router_keys = [k for k in plain if ".routing.fc." in k]
     moved = lambda state, k: (state[k] - start[k]).norm().item()  # noqa: E731
     assert all(moved(capped, k) < 0.1 * moved(plain, k) for k in router_keys)
+
+
+def test_reference_router_init_against_its_formula():
+    """TF's EfficientNet-CondConv and timm: uniform in +-1/sqrt(fan_in + fan_out), bias 0."""
+    model = condnet.build_model("paper-condconv", num_classes=10)
+    torch.manual_seed(1)
+    init_routers(model, "reference")
+    for router in routers(model):
+        bound = 1 / (router.fc.in_features + router.fc.out_features) ** 0.5
+        weight = router.fc.weight
+        assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound
+        assert weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.2)  # uniform's sd
+        assert torch.equal(router.fc.bias, torch.zeros_like(router.fc.bias))
+    init_routers(model, "small")
+    every = torch.cat([r.fc.weight.flatten() for r in routers(model)])
+    assert every.std().item() == pytest.approx(0.01, rel=0.1)
+
+
+def test_the_trainer_initialises_routers_as_configured():
+    """`train.routing_init` redraws the routers only: every other weight is the builder's."""
+    small = tiny_config(**{"model.name": "paper-condconv"})
+    reference = tiny_config(**{"model.name": "paper-condconv", "train.routing_init": "reference"})
+    torch.manual_seed(0)
+    a = build_network(small, 4).state_dict()
+    torch.manual_seed(0)
+    b = build_network(reference, 4).state_dict()
+    router_keys = {k for k in a if ".routing.fc.weight" in k}
+    assert router_keys and all(torch.equal(a[k], b[k]) for k in a if k not in router_keys)
+    for key in router_keys:
+        fan = sum(a[key].shape)  # in_features + num_experts
+        assert a[key].std() < 0.02 and b[key].abs().max() <= 1 / fan**0.5
+        assert b[key].std() > 5 * a[key].std()
+
+
+def test_unknown_router_init_is_refused():
+    with pytest.raises(CondnetError, match="train.routing_init"):
+        tiny_config(**{"train.routing_init": "large"})
+
+
+def test_temperature_anneals_every_step_when_the_rate_is_set_per_epoch(tmp_path):
+    """Dynamic Convolution anneals per step; the paper's rate stays constant within an epoch."""
+    cfg = tiny_config(
+        **{
+            "model.name": "paper-condconv",
+            "train.epochs": 1,
+            "train.lr_per_step": False,
+            "train.routing_temperature": 30.0,
+            "train.routing_anneal_epochs": 2.0,
+        }
+    )
+    train(cfg, tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    steps = 192 // 32
+    last_step = (steps - 1) / steps  # the fractional epoch of the epoch's last step
+    assert state["model"]["stages.0.0.routing.temperature"].item() == pytest.approx(
+        30 + (1 - 30) * last_step / 2
+    )
+    assert state["metrics"][0]["lr"] == pytest.approx(cfg.train.lr_start)  # once, per epoch
+
+
+def test_shared_experts_start_as_one_plain_conv_scaled_by_the_routing_sum():
+    """`expert_init: shared`: every expert is one He-normal draw, so each example's mixed
+    kernel is that conv times the sum of its routing weights."""
+    from condnet.models.condconv import CondConv2d
+    from condnet.models.net import init_experts
+
+    layer = CondConv2d(6, 10, 3, num_experts=4, formulation="grouped")
+    torch.manual_seed(0)
+    init_experts(layer, "shared")
+    assert all(torch.equal(layer.weight[m], layer.weight[0]) for m in range(4))
+    assert layer.weight[0].std().item() == pytest.approx((2 / (10 * 9)) ** 0.5, rel=0.15)
+    x, r = torch.randn(3, 6, 7, 7), torch.rand(3, 4)
+    expected = F.conv2d(x, layer.weight[0], padding=1) * r.sum(1)[:, None, None, None]
+    torch.testing.assert_close(layer(x, r), expected, rtol=1e-5, atol=1e-5)
+    init_experts(layer, "independent")
+    assert not torch.equal(layer.weight[0], layer.weight[1])
+
+
+def test_the_trainer_shares_experts_as_configured():
+    cfg = tiny_config(**{"model.name": "paper-condconv", "train.expert_init": "shared"})
+    torch.manual_seed(0)
+    shared = build_network(cfg, 4).state_dict()
+    torch.manual_seed(0)
+    plain = build_network(tiny_config(**{"model.name": "paper-condconv"}), 4).state_dict()
+    experts = {k for k, v in shared.items() if k.endswith("conv.weight") and v.dim() == 5}
+    assert experts and all(
+        torch.equal(shared[k][1:], shared[k][:1].expand_as(shared[k][1:])) for k in experts
+    )
+    assert all(torch.equal(shared[k], plain[k]) for k in shared if k not in experts)

@@ -6,9 +6,12 @@ across examples per expert), the fractions below 0.05 and above 0.95, the entrop
 same), the mean weight per expert, and the mean routing weight per class.
 
 Training, every `every` steps, on the step's batch: the same saturation figures, the ratio of
-gradient norm to weight norm for the routers and for the CondConv experts, the norm of the
-per-example mixed kernel relative to the experts' (1 at initialisation; 0 when every routing
-weight is 0), and the smallest and largest BN running variance in the block.
+gradient norm to weight norm for the routers and for the CondConv experts (as the backward pass
+gave them, before any cap of `train.routing_grad_clip`), the factor that cap then applied to
+the routers' gradients (the smallest over the block's routers; 1 when it did not bind or no cap
+is set), the norm of the per-example mixed kernel relative to the experts' (1 at
+initialisation; 0 when every routing weight is 0), and the smallest and largest BN running
+variance in the block.
 
 Everything stays on the device until the epoch ends (one host copy per epoch). `RoutingLog`
 appends the records to `routing.jsonl` in the run folder, one JSON object per line.
@@ -42,6 +45,7 @@ TRAIN_KEYS = (
     "kernel_norm_min",
     "bn_var_min",
     "bn_var_max",
+    "cap_factor",
 )
 
 
@@ -134,7 +138,8 @@ class RoutingMonitor:
     """Collects the statistics above for every block of `model` that routes (see module doc).
 
     Forward hooks on the routers keep each one's last output; the trainer calls `train_step`
-    after each backward pass and `observe_eval` after each validation batch.
+    after each backward pass (before any change to the gradients), `note_cap` once the routers'
+    gradients are capped, and `observe_eval` after each validation batch.
     """
 
     def __init__(self, model: nn.Module, num_classes: int, every: int = 10) -> None:
@@ -162,12 +167,29 @@ class RoutingMonitor:
 
     # Training side ---------------------------------------------------------------------------
 
+    def samples(self, step: int) -> bool:
+        """Whether `train_step` samples at `step`."""
+        return not step % self.every and bool(self.blocks)
+
     def train_step(self, step: int) -> None:
-        """After a backward pass: sample the block statistics every `every` steps."""
-        if step % self.every or not self.blocks:
+        """After a backward pass, before any cap: sample the block statistics every `every`
+        steps (the cap factor 1 until `note_cap` says otherwise)."""
+        if not self.samples(step):
             return
-        rows = [self._train_row(block) for block in self.blocks]
-        self._train.append((step, torch.stack(rows)))
+        rows = torch.stack([self._train_row(block) for block in self.blocks])
+        self._train.append((step, torch.cat([rows, rows.new_ones(len(self.blocks), 1)], dim=1)))
+
+    def note_cap(self, step: int, factors: dict[Routing, Tensor]) -> None:
+        """The cap factor of each router at `step` (`RouterRates.after_backward`), recorded
+        with that step's sample as its block's smallest; ignored when the step was not
+        sampled."""
+        if not factors or not self._train or self._train[-1][0] != step:
+            return
+        rows = self._train[-1][1]
+        for i, block in enumerate(self.blocks):
+            mine = [factors[r] for r in block.routers if r in factors]
+            if mine:
+                rows[i, -1] = torch.stack(mine).min().to(rows.device, rows.dtype)
 
     def _train_row(self, block: BlockProbe) -> Tensor:
         weights = block.weights()

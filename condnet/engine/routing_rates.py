@@ -20,13 +20,16 @@ from torch import Tensor, nn
 
 from condnet.config import TrainConfig
 from condnet.engine.diagnostics import grad_to_weight, routed_experts
+from condnet.models.condconv import Routing
 
 
 class RouterRates:
     """Applies the two settings above after each backward pass of `model`."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
-        self.pairs = [(list(r.parameters()), experts) for r, experts in routed_experts(model)]
+        routed = routed_experts(model)
+        self.routers = [router for router, _ in routed]
+        self.pairs = [(list(r.parameters()), experts) for r, experts in routed]
         self.clip, self.auto = cfg.routing_grad_clip, cfg.routing_lr_auto
 
     @classmethod
@@ -37,22 +40,28 @@ class RouterRates:
         return rates if rates.pairs else None
 
     @torch.no_grad()
-    def after_backward(self, optimizer: torch.optim.Optimizer) -> None:
+    def after_backward(self, optimizer: torch.optim.Optimizer) -> dict[Routing, Tensor]:
+        """Calibrate (once) and cap; returns each router's cap factor (1: untouched), a
+        device tensor (no host sync), empty when no cap is set."""
         if self.auto and needs_calibration(optimizer):
             calibrate(self.pairs, optimizer)
-        if self.clip > 0:
-            for router, experts in self.pairs:
-                clip_relative(router, experts, self.clip)
+        if self.clip <= 0:
+            return {}
+        return {
+            module: clip_relative(router, experts, self.clip)
+            for module, (router, experts) in zip(self.routers, self.pairs, strict=True)
+        }
 
 
-def clip_relative(router: list[Tensor], experts: list[Tensor], limit: float) -> None:
+def clip_relative(router: list[Tensor], experts: list[Tensor], limit: float) -> Tensor:
     """Scale the router's gradients so that their ratio to its weights is at most `limit`
-    times the experts' ratio (unchanged when already below)."""
+    times the experts' ratio (unchanged when already below); returns the factor applied."""
     allowed = limit * grad_to_weight(experts)
     factor = (allowed / grad_to_weight(router).clamp_min(1e-30)).clamp(max=1.0)
     for param in router:
         if param.grad is not None:
             param.grad.mul_(factor.to(param.grad.dtype))
+    return factor
 
 
 def needs_calibration(optimizer: torch.optim.Optimizer) -> bool:

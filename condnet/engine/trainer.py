@@ -35,6 +35,7 @@ from condnet.engine.schedule import lr_at, routing_lr_factor, routing_temperatur
 from condnet.engine.signals import Interrupted, StopSignals
 from condnet.errors import CondnetError, first_line
 from condnet.models import CondNet, Routing, build_model
+from condnet.models.net import init_experts, init_routers
 
 
 def train_one_epoch(
@@ -52,8 +53,9 @@ def train_one_epoch(
 ) -> tuple[float, int, int]:
     """One pass over `loader`. Returns (mean loss, images seen, images skipped).
 
-    After each backward pass, `routers` adjusts the CondConv routers' gradients or rates and
-    `monitor` samples routing statistics (every few steps).
+    After each backward pass, `monitor` samples routing statistics (every few steps, before any
+    change to the gradients), then `routers` adjusts the CondConv routers' gradients or rates
+    and the monitor notes the cap it applied.
     """
     model.train()
     loss_sum = torch.zeros((), device=rt.device)
@@ -63,6 +65,8 @@ def train_one_epoch(
         stop.check(epoch, step)
         if cfg.train.lr_per_step:
             apply_schedule(model, optimizer, epoch + step / len(loader), cfg.train)
+        elif cfg.train.routing_anneal_epochs:  # the temperature anneals every step regardless
+            set_temperature(model, routing_temperature_at(epoch + step / len(loader), cfg.train))
         skipped += count_bad_images(bad, cfg.data.on_bad_image)
         if labels.numel() == 0:
             continue
@@ -71,10 +75,12 @@ def train_one_epoch(
             loss = F.cross_entropy(model(images), labels, label_smoothing=cfg.train.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if routers is not None:
-            routers.after_backward(optimizer)
         if monitor is not None:
-            monitor.train_step(step)
+            monitor.train_step(step)  # the gradients as computed, before any cap
+        if routers is not None:
+            factors = routers.after_backward(optimizer)
+            if monitor is not None:
+                monitor.note_cap(step, factors)
         optimizer.step()
         loss_sum += loss.detach() * labels.shape[0]
         seen += labels.shape[0]
@@ -108,15 +114,27 @@ def apply_schedule(
     the base learning rate."""
     lr = lr_at(epoch, cfg)
     set_lr(optimizer, lr, routing_lr_factor(epoch, cfg))
-    temperature = routing_temperature_at(epoch, cfg)
-    for module in model.modules():
-        if isinstance(module, Routing):
-            module.temperature.fill_(temperature)
+    set_temperature(model, routing_temperature_at(epoch, cfg))
     return lr
 
 
+def set_temperature(model: nn.Module, temperature: float) -> None:
+    """Every CondConv router's temperature."""
+    for module in model.modules():
+        if isinstance(module, Routing):
+            module.temperature.fill_(temperature)
+
+
 def build_network(cfg: Config, num_classes: int) -> CondNet:
-    return build_model(cfg.model.name, num_classes=num_classes, **cfg.model.overrides)
+    """The configured network, its CondConv routers and experts initialised per
+    `train.routing_init` and `train.expert_init` (the builder draws `small` and `independent`:
+    those draw nothing more)."""
+    model = build_model(cfg.model.name, num_classes=num_classes, **cfg.model.overrides)
+    if cfg.train.routing_init != "small":
+        init_routers(model, cfg.train.routing_init)
+    if cfg.train.expert_init != "independent":
+        init_experts(model, cfg.train.expert_init)
+    return model
 
 
 def make_optimizer(model: nn.Module, cfg: Config, fused: bool = False) -> torch.optim.Optimizer:

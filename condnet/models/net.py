@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from condnet.models.blocks import ConvNormAct, LayerFactory, get_block
-from condnet.models.condconv import CondConv2d
+from condnet.models.condconv import CondConv2d, Routing
 from condnet.models.spec import NetSpec, StageSpec
 
 
@@ -88,3 +88,47 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0.0, 0.01)
             nn.init.zeros_(module.bias)
+
+
+ROUTER_INITS = ("small", "reference")
+
+
+@torch.no_grad()
+def init_routers(model: nn.Module, scheme: str) -> None:
+    """(Re)initialise every CondConv router's linear layer, bias zero, weight:
+
+    - ``small``: N(0, 0.01), as every linear layer of `init_weights`;
+    - ``reference``: uniform in +-1 / sqrt(in_features + num_experts), the initialisation of
+      the CondConv reference code (TF's EfficientNet-CondConv and timm's `_init_weight_goog`),
+      4.5-13x larger in norm at this network's widths.
+    """
+    if scheme not in ROUTER_INITS:
+        raise ValueError(f"router init must be one of {ROUTER_INITS}; got {scheme!r}")
+    for module in model.modules():
+        if isinstance(module, Routing):
+            fc = module.fc
+            if scheme == "small":
+                nn.init.normal_(fc.weight, 0.0, 0.01)
+            else:
+                bound = 1.0 / (fc.in_features + fc.out_features) ** 0.5
+                nn.init.uniform_(fc.weight, -bound, bound)
+            nn.init.zeros_(fc.bias)
+
+
+EXPERT_INITS = ("independent", "shared")
+
+
+@torch.no_grad()
+def init_experts(model: nn.Module, scheme: str) -> None:
+    """(Re)initialise every CondConv's experts: ``independent`` draws each as a plain conv
+    (He-normal, fan-out), as `init_weights` does; ``shared`` draws one such kernel per layer
+    and copies it into every expert, so the mixed kernel starts as a plain conv scaled by the
+    routing weights' sum, and the experts part only as their routing weights differ."""
+    if scheme not in EXPERT_INITS:
+        raise ValueError(f"expert init must be one of {EXPERT_INITS}; got {scheme!r}")
+    for module in model.modules():
+        if isinstance(module, CondConv2d):
+            for expert in module.weight[: 1 if scheme == "shared" else None]:
+                nn.init.kaiming_normal_(expert, mode="fan_out", nonlinearity="relu")
+            if scheme == "shared":
+                module.weight[1:] = module.weight[:1]

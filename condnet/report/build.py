@@ -86,13 +86,15 @@ PAPER_SCALE = _paper(
         "train.lr_start",
         "train.lr_peak",
         "train.lr_final",
+        "train.lr_per_step",
     )
 )
-# Block C's routing exactly as the paper states it (condnet's defaults clip the routers'
-# gradients: README, Training block C).
+# Block C trained exactly as the paper states it: independent experts, routers at the full
+# rate with no cap or schedule of their own (README, Training block C).
 PAPER_ROUTING = {
     "train.routing_lr_scale": 1.0,
     "train.routing_grad_clip": 0.0,
+    "train.expert_init": "independent",
     "train.routing_lr_auto": False,
     "train.routing_warmup_epochs": 0.0,
     "train.routing_temperature": 1.0,
@@ -121,6 +123,12 @@ def table3_notes(runs: list[Run]) -> list[str]:
             f"of {subset} validation images; the final top-1 and top-5 on the whole validation set "
             f"({final} images)."
         )
+    autocast = [run.name for run in runs if "bf16" in str(run.metrics[-1].get("precision", ""))]
+    if autocast:
+        notes.append(
+            f"{', '.join(autocast)} trained under bf16 autocast (run.amp on CUDA); the paper does "
+            "not state its precision."
+        )
     for run in runs:
         if run.name != "paper-condconv":
             continue
@@ -133,8 +141,13 @@ def table3_notes(runs: list[Run]) -> list[str]:
             departs.append(f"routing_anneal_epochs={run.config.train.routing_anneal_epochs:g}")
         if departs:
             notes.append(
-                f"{run.name} trains its routers unlike the paper's text: {', '.join(departs)} "
+                f"{run.name} trains block C unlike the paper's text: {', '.join(departs)} "
                 "(see the README's section on training block C)."
+            )
+        if run.config.train.routing_init != "small":
+            notes.append(
+                f"{run.name} initialises its routers as the CondConv reference code does "
+                f"(routing_init={run.config.train.routing_init}); the paper states none."
             )
     return notes
 

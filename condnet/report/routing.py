@@ -3,8 +3,9 @@
 - by class: the mean routing weight of each expert for each class, one panel per block, at the
   last evaluated epoch (the analysis of the CondConv paper's figures on routing);
 - over training: per block, the fraction of saturated routing weights, their entropy over
-  experts, the routers' gradient-to-weight ratio against the experts', the mixed kernel's norm
-  and the largest BN running variance, at every sampled training step.
+  experts, the routers' gradient-to-weight ratio against the experts' (before any cap), the
+  factor the cap applied, the mixed kernel's norm and the largest BN running variance, at every
+  sampled training step.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def plot_by_class(
 TRAINING_PANELS = (
     ("saturated", "routing weights < 0.05 or > 0.95", False),
     ("entropy", "entropy over experts (1: uniform)", False),
-    ("grad_ratio", "router / expert grad-to-weight ratio", True),
+    ("grad_ratio", "router / expert grad-to-weight ratio, before the cap", True),
+    ("cap_factor", "factor the cap applied (1: none)", True),
     ("kernel_norm_mean", "mixed kernel norm / expert norm", False),
     ("bn_var_max", "largest BN running variance", True),
 )
@@ -133,7 +135,7 @@ def _train_value(block: dict[str, float], key: str) -> float:
         return block["low"] + block["high"]
     if key == "grad_ratio":
         return block["grad_ratio_routing"] / max(block["grad_ratio_experts"], 1e-30)
-    return block[key]
+    return block.get(key, 1.0)  # runs logged before the cap factor was recorded: none known
 
 
 def routing_table(records: list[dict[str, Any]]) -> str:
@@ -152,4 +154,28 @@ def routing_table(records: list[dict[str, Any]]) -> str:
             f"| {b['block']} | {b['mean']:.3f} | {b['std']:.3f} | {b['example_std']:.3f} "
             f"| {b['low']:.1%} | {b['high']:.1%} | {b['entropy']:.3f} | {experts} |"
         )
+    samples = [r for r in records if r["phase"] == "train" and r["epoch"] == record["epoch"]]
+    if samples:
+        lines += ["", *gradient_table(samples)]
     return "\n".join(lines)
+
+
+def gradient_table(samples: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: per block, over one epoch's training samples, the routers' gradient
+    ratio to their experts' before the cap, and how often and how hard the cap bound."""
+    lines = [
+        f"Routers' gradients in training, epoch {samples[0]['epoch'] + 1} "
+        f"({len(samples)} samples; ratio = router / expert gradient-to-weight, before any cap):",
+        "",
+        "| block | ratio, median | ratio, max | cap bound | cap factor, median | cap factor, min |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for i, name in enumerate(b["block"] for b in samples[0]["blocks"]):
+        ratios = sorted(_train_value(r["blocks"][i], "grad_ratio") for r in samples)
+        factors = sorted(_train_value(r["blocks"][i], "cap_factor") for r in samples)
+        bound = sum(f < 1.0 for f in factors) / len(factors)
+        lines.append(
+            f"| {name} | {ratios[len(ratios) // 2]:.3g} | {ratios[-1]:.3g} | {bound:.0%} "
+            f"| {factors[len(factors) // 2]:.3g} | {factors[0]:.3g} |"
+        )
+    return lines
