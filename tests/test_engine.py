@@ -90,14 +90,15 @@ def test_paper_configs_are_the_paper_recipe():
         d = cfg.data
         assert (d.crop, d.resize, d.scale, d.hflip) == (56, 64, [0.08, 1.0], 0.5)
         assert d.ratio == pytest.approx([3 / 4, 4 / 3]) and d.std == [0.229, 0.224, 0.225]
-        assert t.routing_grad_clip == 1.0  # block C's routers capped (README: Training block C)
+        # Block C's routers at 0.3 x the rate, uncapped (README: Training block C).
+        assert (t.routing_lr_scale, t.routing_grad_clip) == (0.3, 0.0)
 
 
 def test_the_exact_config_is_the_paper_recipe_with_the_papers_routing():
     exact = load_config(ROOT / "configs" / "paper-condconv-exact.yaml")
     shipped = load_config(ROOT / "configs" / "paper-condconv.yaml")
     assert {k: config_setting(exact, k, v) for k, v in PAPER_ROUTING.items()} == PAPER_ROUTING
-    shipped.train.routing_grad_clip = 0.0  # the only difference
+    shipped.train.routing_lr_scale = 1.0  # the only difference
     assert exact == shipped
 
 
@@ -264,6 +265,8 @@ def one_epoch_run(tmp_path_factory) -> Path:
         "data.crop=12",
         "data.synthetic_classes=5",
         "run.seed=3",
+        "train.routing_init=reference",
+        "train.expert_init=shared",
     ],
 )
 def test_settings_that_cannot_change_on_resume_are_refused(one_epoch_run, capsys, setting):

@@ -125,8 +125,8 @@ def test_report_notes_miniature_eval_subset_and_routing(tmp_path):
     )
     assert "fixed class-balanced subset of 8 validation images" in text and "(48 images)" in text
     assert (
-        "paper-condconv trains block C unlike the paper's text: routing_lr_scale=0.5, "
-        "routing_grad_clip=1.0 (see the README's section on training block C)" in text
+        "paper-condconv trains block C unlike the paper's text: routing_lr_scale=0.5 "
+        "(see the README's section on training block C)" in text
     )
     assert "paper-se trains block C" not in text
     metrics = [

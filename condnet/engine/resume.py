@@ -1,7 +1,7 @@
 """Settings given on resume: which may differ from the checkpoint's, and how they take effect.
 
-What a run learns from is fixed when it starts: the network, the data set and its subsets, the
-image sizes and normalisation, the seed. Changing one of these on resume would silently make
+What a run learns from is fixed when it starts: the network and its initial weights, the data
+set and its subsets, the image sizes and normalisation, the seed. Changing one of these on resume would silently make
 another experiment, so it is refused. Everything else (epochs, the learning-rate and routing
 schedules, the optimizer's settings, augmentation, evaluation and how the run computes) may
 change and applies from the first resumed epoch: the schedules are pure functions of the epoch
@@ -32,6 +32,8 @@ FIXED_ON_RESUME = (
     "data.std",
     "data.synthetic_",
     "run.seed",
+    "train.routing_init",  # the initial weights: drawn once, at the start
+    "train.expert_init",
 )
 
 

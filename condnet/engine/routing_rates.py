@@ -2,12 +2,14 @@
 
 A router's logit moves every weight of the convolutions it routes, so its gradient is a sum
 over whole kernels: relative to its weights it is tens to hundreds of times larger than its
-experts' (measured in the README's section on training block C), and the gap widens as the
-experts' weights grow during training. Two remedies, each measured there:
+experts' (docs/training-block-c.md), and the gap widens as the experts' weights grow during
+training. The default remedy is a fixed rate multiplier (`train.routing_lr_scale`, applied by
+the optimizer's groups); two adaptive ones live here, each measured in that document:
 
 - `train.routing_grad_clip` (every step): each router's gradient is scaled down, where needed,
   so that its gradient-to-weight ratio is at most this multiple of its experts' ratio. Tensor
-  operations only: no host sync.
+  operations only: no host sync. With a small router it binds at every step and removes
+  nearly all of the gradient, which freezes the routers in effect.
 - `train.routing_lr_auto` (once): at the first step, each router's rate is scaled so that its
   relative update matches its experts'; the factor is kept in the optimizer's group, so a
   resumed run uses the same one.
