@@ -2,11 +2,11 @@
 
 What a run learns from is fixed when it starts: the network and its initial weights, the data
 set and its subsets, the image sizes and normalisation, the seed. Changing one of these on
-resume would silently make another experiment, so it is refused. Everything else (epochs, the learning-rate and routing
-schedules, the optimizer's settings, augmentation, evaluation and how the run computes) may
-change and applies from the first resumed epoch: the schedules are pure functions of the epoch
-and the optimizer's settings are written into its restored parameter groups (its momentum
-buffers are kept). README.md lists the keys.
+resume would silently make another experiment, so it is refused. Everything else (epochs, the
+learning-rate and routing schedules, the optimizer's settings, augmentation, evaluation and how
+the run computes) may change and applies from the first resumed epoch: the schedules are pure
+functions of the epoch and the optimizer's settings are written into its restored parameter
+groups (its momentum buffers are kept). README.md lists the keys.
 """
 
 from __future__ import annotations
