@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+import yaml
 from scipy import stats
 
 from condnet.engine.diagnostics import read_routing
@@ -80,7 +81,11 @@ CANDIDATES: dict[str, tuple[str, dict[str, object], str]] = {
     ),
     "ref-nocap": ("condconv", REFERENCE | NO_CAP, "reference init, no cap"),
     "lr-0.1": ("condconv", NO_CAP | {"train.routing_lr_scale": 0.1}, "routers at 0.1 x the rate"),
-    "lr-0.3": ("condconv", NO_CAP | {"train.routing_lr_scale": 0.3}, "routers at 0.3 x the rate"),
+    "lr-0.3": (
+        "condconv",
+        NO_CAP | {"train.routing_lr_scale": 0.3},
+        "routers at 0.3 x the rate (the default)",
+    ),
     "shared-lr-0.1": (
         "condconv",
         SHARED | NO_CAP | {"train.routing_lr_scale": 0.1},
@@ -189,8 +194,6 @@ def epochs_of(setting: str) -> int:
     config, overrides, _ = SETTINGS[setting]
     if "train.epochs" in overrides:
         return int(overrides["train.epochs"])
-    import yaml
-
     return int(yaml.safe_load((ROOT / config.format(block="se")).read_text())["train"]["epochs"])
 
 
@@ -389,9 +392,19 @@ def main() -> int:
         for name, by_seed in runs.items():
             for seed in by_seed:
                 keep(root / name / f"seed-{seed}", args.keep / args.setting / name / f"seed-{seed}")
+    threads = sorted(
+        {
+            yaml.safe_load((root / n / f"seed-{seed}" / "config.yaml").read_text())["run"][
+                "threads"
+            ]
+            for n, by_seed in runs.items()
+            for seed in by_seed
+        }
+    )
     header = (
         f"Setting `{args.setting}`: {SETTINGS[args.setting][2]}; seeds {args.seeds}; "
-        f"torch {torch.__version__}, {threads} thread(s) per run, "
+        f"torch {torch.__version__}, {'/'.join(map(str, threads))} thread(s) per run "
+        f"({args.jobs if not args.no_train else 'up to 2'} at a time), "
         f"{device_name(torch.device('cpu'))}."
     )
     text = table(runs, header)

@@ -187,12 +187,15 @@ def test_apply_schedule_sets_rates_and_temperature():
     assert all(r.temperature.item() == pytest.approx(5.0) for r in routers(model))
 
 
-@pytest.mark.parametrize("per_step, init", [(False, "small"), (True, "reference")])
-def test_resume_is_bit_identical_with_routing_schedules(tmp_path, per_step, init):
+@pytest.mark.parametrize(
+    "per_step, init, experts", [(False, "small", "independent"), (True, "reference", "shared")]
+)
+def test_resume_is_bit_identical_with_routing_schedules(tmp_path, per_step, init, experts):
     cfg = tiny_config(
         **{
             "model.name": "paper-condconv",
             "train.routing_init": init,
+            "train.expert_init": experts,
             "model.overrides.routing_activation": "softmax",
             "train.routing_temperature": 20.0,
             "train.routing_anneal_epochs": 2.0,
