@@ -221,3 +221,30 @@ def test_note_cap_ignores_steps_that_were_not_sampled():
     monitor.note_cap(0, {router: torch.tensor(0.5)})
     record = monitor.epoch_records(0)[0]
     assert [b["cap_factor"] for b in record["blocks"]][:3] == [1.0, 0.5, 1.0]
+
+
+def test_validation_statistics_skip_padding_rows_without_indexing():
+    """Rows labelled < 0 weigh nothing: the record equals one made from the kept rows alone."""
+    from condnet.models.net import init_routers
+
+    model = build_network(tiny_config(**{"model.name": "paper-condconv"}), 4).eval()
+    torch.manual_seed(0)
+    init_routers(model, "reference")  # routing that differs from example to example
+    images = torch.randn(6, 3, 16, 16)
+    labels = torch.tensor([2, -100, 0, 2, -100, 3])
+    kept = labels >= 0
+    padded, alone = RoutingMonitor(model, 4), RoutingMonitor(model, 4)
+    for monitor, x, y in ((padded, images, labels), (alone, images[kept], labels[kept])):
+        monitor.start_eval()
+        with torch.no_grad():
+            model(x)
+        monitor.observe_eval(y)
+    got, want = padded.epoch_records(0)[-1], alone.epoch_records(0)[-1]
+    for a, b in zip(got["blocks"], want["blocks"], strict=True):
+        for key in ("mean", "std", "example_std", "low", "high", "entropy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+        assert a["expert_means"] == pytest.approx(b["expert_means"], rel=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(got["per_class"]), torch.tensor(want["per_class"]), rtol=1e-5, atol=1e-7
+    )
+    assert got["blocks"][0]["example_std"] > 1e-3  # the rows do differ

@@ -94,6 +94,11 @@ def _probe(name: str, block: nn.Module) -> BlockProbe:
 
 def routing_figures(weights: Tensor, num_experts: int) -> Tensor:
     """[mean, low, high, entropy] of routing weights (batch, routers * experts), on the device."""
+    return example_figures(weights, num_experts).mean(0)
+
+
+def example_figures(weights: Tensor, num_experts: int) -> Tensor:
+    """`routing_figures` of each example: (batch, 4), on the device."""
     grouped = weights.float().reshape(weights.shape[0], -1, num_experts)
     share = grouped / grouped.sum(-1, keepdim=True).clamp_min(1e-12)
     entropy = (
@@ -103,11 +108,12 @@ def routing_figures(weights: Tensor, num_experts: int) -> Tensor:
     )
     return torch.stack(
         [
-            weights.mean(),
-            (weights < LOW).float().mean(),
-            (weights > HIGH).float().mean(),
-            entropy.mean(),
-        ]
+            grouped.mean((1, 2)),
+            (grouped < LOW).float().mean((1, 2)),
+            (grouped > HIGH).float().mean((1, 2)),
+            entropy.mean(1),
+        ],
+        dim=1,
     )
 
 
@@ -236,20 +242,22 @@ class RoutingMonitor:
             )
 
     def observe_eval(self, labels: Tensor) -> None:
-        """After a validation forward pass: add its routing weights (rows labelled < 0 ignored)."""
+        """After a validation forward pass: add its routing weights (rows labelled < 0 count
+        nowhere). Masks and `index_add_` rather than boolean indexing or `bincount`, so that
+        nothing waits for the device."""
         if self._val is None:
             return
-        keep = labels >= 0
-        labels = labels[keep]
-        if labels.numel() == 0:
-            return
+        mask = (labels >= 0).double()
+        index = labels.clamp_min(0)
         for block, acc in zip(self.blocks, self._val, strict=True):
-            weights = block.weights()[keep].double()
+            raw = block.weights()
+            weights = raw.double() * mask[:, None]
             acc["sum"] += weights.sum(0)
             acc["squares"] += (weights * weights).sum(0)
-            acc["figures"] += routing_figures(weights, self.num_experts).double() * labels.numel()
-            acc["per_class"].index_add_(0, labels, weights)
-            acc["class_count"] += torch.bincount(labels, minlength=self.num_classes).double()
+            figures = example_figures(raw, self.num_experts).double()
+            acc["figures"] += (figures * mask[:, None]).sum(0)
+            acc["per_class"].index_add_(0, index, weights)
+            acc["class_count"].index_add_(0, index, mask)
 
     def epoch_records(self, epoch: int, reduce: Any = None) -> list[dict[str, Any]]:
         """The epoch's training samples and validation summary as JSON-ready records.
