@@ -80,7 +80,7 @@ class TrainConfig:
     label_smoothing: float = _spec(0.0, min=0.0, max=1.0)
     epoch_eval_subset: int = _spec(0, min=0)  # N: epochs before the last on N val images (0: all)
     # CondConv routers' rate multiplier (1: the paper's text; README: Training block C).
-    routing_lr_scale: float = _spec(0.3, min=0.0)
+    routing_lr_scale: float = _spec(0.1, min=0.0)
     # Routers' gradient/weight at most this x their experts' (0: off, the paper's text).
     routing_grad_clip: float = _spec(0.0, min=0.0)
     # CondConv routers' initial weights: small (N(0, 0.01)) or reference (TF/timm's uniform).

@@ -80,11 +80,15 @@ CANDIDATES: dict[str, tuple[str, dict[str, object], str]] = {
         "reference init, cap 10 (binds on spikes only)",
     ),
     "ref-nocap": ("condconv", REFERENCE | NO_CAP, "reference init, no cap"),
-    "lr-0.1": ("condconv", NO_CAP | {"train.routing_lr_scale": 0.1}, "routers at 0.1 x the rate"),
+    "lr-0.1": (
+        "condconv",
+        NO_CAP | {"train.routing_lr_scale": 0.1},
+        "routers at 0.1 x the rate (the paper configs' default)",
+    ),
     "lr-0.3": (
         "condconv",
         NO_CAP | {"train.routing_lr_scale": 0.3},
-        "routers at 0.3 x the rate (the default)",
+        "routers at 0.3 x the rate (configs/demo.yaml's default)",
     ),
     "shared-lr-0.1": (
         "condconv",
