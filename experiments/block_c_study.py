@@ -348,7 +348,7 @@ def keep(folder: Path, kept: Path) -> None:
     for name in ("config.yaml", "metrics.jsonl"):
         shutil.copyfile(folder / name, kept / name)
     records = [r for r in read_routing(folder) if r["phase"] == "val"]
-    if records:
+    if records and not any(r["phase"] == "train" for r in read_routing(kept)):  # kept whole
         (kept / "routing.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
