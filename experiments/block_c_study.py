@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from routing_study import compression  # experiments/routing_study.py, beside this script
 from scipy import stats
 
 from condnet.engine.diagnostics import read_routing
@@ -138,19 +139,12 @@ CANDIDATES: dict[str, tuple[str, dict[str, object], str]] = {
     ),
 }
 
+# The compressed recipe of the earlier routing study (routing_study.py), used with the paper
+# configs: its data and schedule keys, not its seed or diagnostics settings.
 COMPRESSED = {
-    "data.source": "fashion-mnist",
-    "data.root": None,
-    "data.train_subset": 12000,
-    "data.resize": 20,
-    "data.crop": 20,
-    "data.scale": [0.7, 1.0],
-    "data.mean": [0.286] * 3,
-    "data.std": [0.353] * 3,
-    "data.num_workers": 0,
-    "train.epochs": 2,
-    "train.warmup_epochs": 1,
-    "train.lr_per_step": True,
+    k: v
+    for k, v in compression(epochs=2, subset=12000, seed=0).items()
+    if k.startswith("data.") or k in ("train.epochs", "train.warmup_epochs", "train.lr_per_step")
 }
 PAPER_SHAPE = {"train.epochs": 8, "train.warmup_epochs": 3, "train.lr_per_step": False}
 SETTINGS = {  # name -> (config file with {block} for the block, overrides, description)
