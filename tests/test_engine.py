@@ -232,7 +232,7 @@ def test_optimizer_settings_changed_on_resume_are_applied(tmp_path, capsys):
         "train.weight_decay": 0.001,
         "train.momentum": 0.5,
         "train.nesterov": False,
-        "train.routing_lr_scale": 0.1,
+        "train.routing_lr_scale": 0.5,
         "train.epochs": 2,
     }
     capsys.readouterr()
@@ -243,7 +243,7 @@ def test_optimizer_settings_changed_on_resume_are_applied(tmp_path, capsys):
     lr = state["metrics"][-1]["lr"]
     for group in state["optimizer"]["param_groups"]:  # as the second epoch trained
         assert (group["weight_decay"], group["momentum"], group["nesterov"]) == (0.001, 0.5, False)
-        scale = 0.1 if group["routing"] else 1.0
+        scale = 0.5 if group["routing"] else 1.0
         assert group["lr_scale"] == scale and group["lr"] == pytest.approx(lr * scale)
     before = {key: [getattr(cfg.train, key[6:]), value] for key, value in changed.items()}
     assert state["resumes"] == [{"epoch": 1, "changes": before}]
