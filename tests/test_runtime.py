@@ -60,3 +60,15 @@ def test_cuda_generator_state_round_trips(tmp_path):
     torch.cuda.manual_seed_all(5)
     set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])
     assert torch.equal(torch.rand(4, device="cuda"), expected)
+
+
+def test_cuda_states_from_more_gpus_restore_on_fewer(monkeypatch):
+    """A checkpoint saved with 4 visible GPUs resumes where 1 is visible: GPU 0 takes its own
+    state, the others are dropped (restoring all of them would index a missing device)."""
+    calls, saved = [], rng_state()  # this machine's state, taken before CUDA is faked
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device=0: calls.append((s, device)))
+    states = [torch.full((8,), i, dtype=torch.uint8) for i in range(4)]
+    set_rng_state(saved | {"cuda": states})
+    assert len(calls) == 1 and calls[0][1] == 0 and torch.equal(calls[0][0], states[0])

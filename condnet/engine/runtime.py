@@ -123,9 +123,12 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore `rng_state()`. The CUDA states are one per GPU visible when saved: each GPU
+    visible now takes its own, and states of GPUs no longer visible are dropped."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, device_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, index)
     version, values, gauss = state["python"]
     random.setstate((version, tuple(values), gauss))
     name, keys, *rest = state["numpy"]
