@@ -458,3 +458,18 @@ def test_fused_sgd_matches_the_loop():
             optimizer.step()
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.allclose(results[0], results[1], atol=1e-6)
+
+
+def test_resume_uses_the_fused_update_of_this_device_not_the_checkpoints(tmp_path):
+    """A run saved on a GPU (fused SGD) resumes on the CPU with the per-parameter update."""
+    from condnet.engine.checkpoint import save_checkpoint
+
+    cfg = tiny_config(**{"train.epochs": 2})
+    train(cfg, tmp_path, progress=False, stop_after=1)
+    state = load_checkpoint(tmp_path / "last.pt")
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = True  # as make_optimizer sets it on CUDA
+    save_checkpoint(state, tmp_path / "last.pt")
+    train(resume_config(tmp_path), tmp_path, resume=True, progress=False)
+    groups = load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"]
+    assert [g["fused"] for g in groups] == [None] * len(groups)
