@@ -18,6 +18,7 @@ import yaml
 from condnet.errors import CondnetError
 from condnet.files import write_atomically
 from condnet.models import get_spec
+from condnet.models.net import EXPERT_INITS, ROUTER_INITS
 from condnet.paper import IMAGENET_MEAN, IMAGENET_STD
 
 SOURCES = ("imagefolder", "imagenet64", "cifar10", "cifar100", "fashion-mnist", "synthetic")
@@ -84,9 +85,9 @@ class TrainConfig:
     # Routers' gradient/weight at most this x their experts' (0: off, the paper's text).
     routing_grad_clip: float = _spec(0.0, min=0.0)
     # CondConv routers' initial weights: small (N(0, 0.01)) or reference (TF/timm's uniform).
-    routing_init: str = _spec("small", choices=("small", "reference"))
+    routing_init: str = _spec("small", choices=ROUTER_INITS)
     # CondConv experts' initial weights: independent draws (the paper) or one draw shared.
-    expert_init: str = _spec("independent", choices=("independent", "shared"))
+    expert_init: str = _spec("independent", choices=EXPERT_INITS)
     routing_lr_auto: bool = _spec(False)  # routers' rates matched to their experts' at step 1
     routing_warmup_epochs: float = _spec(0.0, min=0.0)  # routers' rate ramps from 0 over these
     routing_temperature: float = _spec(1.0, min=1.0)  # routers' initial temperature ...

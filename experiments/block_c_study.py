@@ -45,7 +45,6 @@ from condnet.engine.metrics import read_metrics
 from condnet.engine.runtime import device_name
 
 ROOT = Path(__file__).resolve().parents[1]
-LOW, HIGH = 0.05, 0.95
 
 NO_CAP = {"train.routing_grad_clip": 0.0}
 REFERENCE = {"train.routing_init": "reference"}

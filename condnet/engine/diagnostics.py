@@ -173,14 +173,10 @@ class RoutingMonitor:
 
     # Training side ---------------------------------------------------------------------------
 
-    def samples(self, step: int) -> bool:
-        """Whether `train_step` samples at `step`."""
-        return not step % self.every and bool(self.blocks)
-
     def train_step(self, step: int) -> None:
         """After a backward pass, before any cap: sample the block statistics every `every`
         steps (the cap factor 1 until `note_cap` says otherwise)."""
-        if not self.samples(step):
+        if step % self.every or not self.blocks:
             return
         rows = torch.stack([self._train_row(block) for block in self.blocks])
         self._train.append((step, torch.cat([rows, rows.new_ones(len(self.blocks), 1)], dim=1)))

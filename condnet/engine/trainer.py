@@ -175,8 +175,6 @@ def _restore(
             f"{out / 'last.pt'}: does not fit this run's network ({first_line(err, 160)})"
         ) from None
     apply_optimizer_settings(optimizer, cfg.train)
-    for group in optimizer.param_groups:  # this run's device decides, not the checkpoint's
-        group["fused"] = optimizer.defaults["fused"]
     set_rng_state(state["rng"])
     return state["epoch"] + 1, state["metrics"], state["best_top1"]
 
