@@ -10,7 +10,7 @@ validation images once. The table gives images/s and the projected wall time of 
 55 epochs of 128,000 images with an evaluation of 5,000 after each.
 
     python benchmarks/gpu_train.py                  # a few minutes on one GPU (mostly compiling)
-    python benchmarks/gpu_train.py --images 512 --size 64 --seconds 5 --device cpu
+    python benchmarks/gpu_train.py --images 256 --size 32 --seconds 1 --device cpu
 """
 
 from __future__ import annotations
@@ -25,19 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from condnet.commands.common import add_set_option, parse_assignments  # noqa: E402
 from condnet.config import Config, from_dict  # noqa: E402
 from condnet.data.tensor_loader import DeviceSplit  # noqa: E402
-from condnet.engine.evaluation import evaluate  # noqa: E402
-from condnet.engine.loaders import eval_loader, train_loader  # noqa: E402
-from condnet.engine.runtime import Runtime, make_runtime, place_model, seed_epoch  # noqa: E402
+from condnet.engine.loaders import eval_loader  # noqa: E402
+from condnet.engine.runtime import Runtime, make_runtime  # noqa: E402
 from condnet.engine.signals import StopSignals  # noqa: E402
-from condnet.engine.trainer import (  # noqa: E402
-    _wrap,
-    build_network,
-    make_optimizer,
-    set_lr,
-    train_one_epoch,
-)
+from condnet.engine.trainer import run_epoch, start_run  # noqa: E402
 from condnet.models import list_models  # noqa: E402
 from condnet.paper import TRAIN_IMAGES as PAPER_TRAIN  # noqa: E402
 from condnet.paper import VAL_IMAGES as PAPER_VAL  # noqa: E402
@@ -56,8 +50,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--batch", type=int, help="training and evaluation batch (256; CPU: 32)")
     p.add_argument("--seconds", type=float, default=10, help="timed training per model")
-    p.add_argument("--warmup", type=int, help="untimed training steps per model (15; CPU: 1)")
-    p.add_argument("--chunk", type=int, help="steps between host syncs (50; CPU: 1)")
+    p.add_argument("--warmup", type=int, help="steps of the untimed first epoch (15; CPU: 1)")
     p.add_argument(
         "--models", default=",".join(list_models(paper_order=True)), help="comma-separated presets"
     )
@@ -70,6 +63,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile-mode", default="default", help="run.compile_mode")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--epochs", type=int, default=55, help="epochs in the projection")
+    add_set_option(p, "train.routing_grad_clip=1 (any config key, every model)")
     args = p.parse_args(argv)
     args.crop = args.crop or args.size * 7 // 8
     return args
@@ -80,18 +74,20 @@ def fill_defaults(args: argparse.Namespace, cuda: bool) -> None:
     args.compile = cuda if args.compile is None else args.compile
     args.batch = args.batch or (256 if cuda else 32)
     args.warmup = args.warmup or (15 if cuda else 1)
-    args.chunk = args.chunk or (50 if cuda else 1)
     args.val_images = args.val_images or min(PAPER_VAL, max(args.batch, args.images // 25))
 
 
 def make_config(args: argparse.Namespace, model: str, compile: bool) -> Config:
+    """A run's defaults (routing monitor, router settings, ...) with the benchmark's sizes and
+    switches, then `--set`."""
     return from_dict(
         {
             "model": {"name": model},
             "data": {"pipeline": "tensor", "resize": args.size, "crop": args.crop},
             "train": {"batch_size": args.batch, "eval_batch_size": args.batch},
             "run": {"device": args.device, "compile": compile, "compile_mode": args.compile_mode},
-        }
+        },
+        parse_assignments(args.set),
     )
 
 
@@ -115,22 +111,6 @@ def chunk(data: DeviceSplit, start: int, count: int) -> DeviceSplit:
     return DeviceSplit(data.images[index], data.sizes[index], data.labels[index])
 
 
-def train_steps(
-    net,
-    optimizer,
-    cfg: Config,
-    rt: Runtime,
-    data: DeviceSplit,
-    start: int,
-    steps: int,
-    stop: StopSignals,
-) -> int:
-    """`steps` steps of the real loop from image `start`; returns the images trained on."""
-    part = chunk(data, start, steps * cfg.train.batch_size)
-    loader = train_loader(cfg, part, rt, 0, seed_epoch(cfg.run.seed, start, 0))
-    return train_one_epoch(net, loader, optimizer, rt, cfg, epoch=0, progress=False, stop=stop)[1]
-
-
 def graphs() -> int:
     from torch._dynamo.utils import counters
 
@@ -141,35 +121,38 @@ def measure(args, name: str, train_data: DeviceSplit, val_data: DeviceSplit) -> 
     cfg = make_config(args, name, args.compile)
     rt = make_runtime(cfg.run)
     torch._dynamo.reset()  # each model compiles from scratch, inside its own warm-up time
-    torch.manual_seed(0)
-    model = build_network(cfg, args.classes)
-    optimizer = make_optimizer(model, cfg, fused=rt.device.type == "cuda")
-    set_lr(optimizer, 0.01)
-    net = _wrap(place_model(model, rt), cfg, rt)
-    steps = max(1, min(args.chunk, len(train_data) // args.batch))
-    with StopSignals() as stop:
+    if rt.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(rt.device)
+    ctx = start_run(cfg, rt, args.classes)
+    warm_train = chunk(train_data, 0, args.warmup * args.batch)
+    with StopSignals() as ctx.stop:
         started = time.perf_counter()
-        train_steps(net, optimizer, cfg, rt, train_data, 0, args.warmup, stop)
-        evaluate(net, eval_loader(cfg, chunk(val_data, 0, args.batch), rt), rt)
+        run_epoch(ctx, 0, warm_train, eval_loader(cfg, chunk(val_data, 0, args.batch), rt))
         warmup, compiled = time.perf_counter() - started, graphs()
-        images, started = 0, time.perf_counter()
-        while time.perf_counter() - started < args.seconds:
-            images += train_steps(net, optimizer, cfg, rt, train_data, images, steps, stop)
-        train_rate = images / (time.perf_counter() - started)
+        epochs, train_seconds, eval_seconds = [], 0.0, 0.0
         started = time.perf_counter()
-        evaluate(net, eval_loader(cfg, val_data, rt), rt)
-        eval_rate = len(val_data) / (time.perf_counter() - started)
-    epoch = PAPER_TRAIN / train_rate + PAPER_VAL / eval_rate
+        while not epochs or time.perf_counter() - started < args.seconds:
+            record, _ = run_epoch(ctx, len(epochs) + 1, train_data, eval_loader(cfg, val_data, rt))
+            epochs.append(record)
+            spent = record["train_images"] / record["images_per_second"]
+            train_seconds += spent
+            eval_seconds += record["epoch_seconds"] - spent
+    train_rate = sum(r["train_images"] for r in epochs) / train_seconds
+    eval_rate = sum(r["val_images"] for r in epochs) / eval_seconds
     return {
         "model": name,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": sum(p.numel() for p in ctx.model.parameters()),
         "warmup_s": warmup,
         "train_images_per_s": train_rate,
         "eval_images_per_s": eval_rate,
-        "projected_minutes": args.epochs * epoch / 60,
-        "timed_images": images,
+        "projected_minutes": args.epochs * (PAPER_TRAIN / train_rate + PAPER_VAL / eval_rate) / 60,
+        "timed_epochs": len(epochs),
+        "final_loss": epochs[-1]["train_loss"],
+        "routing": ctx.monitor is not None,
         "recompiles": graphs() - compiled if cfg.run.compile else None,
-        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if rt.device.type == "cuda" else None,
+        "peak_gib": torch.cuda.max_memory_allocated(rt.device) / 2**30
+        if rt.device.type == "cuda"
+        else None,
     }
 
 
@@ -186,13 +169,13 @@ def header(args, rt: Runtime) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| model | params | warm-up s | train img/s | eval img/s | "
+        "| model | params | warm-up s | timed epochs | train img/s | eval img/s | "
         f"{rows[0]['epochs']} epochs | recompiles | peak GiB |",
-        "|---" * 8 + "|",
+        "|---" * 9 + "|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['params']:,} | {r['warmup_s']:.1f} | "
+            f"| {r['model']} | {r['params']:,} | {r['warmup_s']:.1f} | {r['timed_epochs']} | "
             f"{r['train_images_per_s']:,.0f} | {r['eval_images_per_s']:,.0f} | "
             f"{r['projected_minutes']:.1f} min | {_or_dash(r['recompiles'], '{}')} | "
             f"{_or_dash(r['peak_gib'], '{:.1f}')} |"

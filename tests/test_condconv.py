@@ -196,3 +196,50 @@ def test_inference_mixes_1x1_kernels_chunk_by_chunk(monkeypatch):
     assert out.is_contiguous(memory_format=torch.channels_last)
     layer(x, r)  # with autograd: one product for the batch
     assert chunks == [8, 8, 4, 20]
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
+def test_the_gpu_rule_keeps_channels_last_and_is_exact_in_every_layer(grad):
+    """What `auto` picks off the CPU, run here on the CPU: every CondConv layer of the paper's
+    network, on its own channels_last input, gives a channels_last output equal to the
+    per-example definition (for the bf16 GPU path the layout matters: a copy to NCHW after
+    each depthwise layer costs a pass over the map and a layout change for the next)."""
+    from condnet.models.layout import channels_last_weights
+
+    model = channels_last_weights(condnet.build_model("paper-condconv", num_classes=10))
+    inputs = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: inputs.setdefault(mod, args))
+        for m in model.modules()
+        if isinstance(m, CondConv2d)
+    ]
+    model.eval()(torch.randn(6, 3, 56, 56).contiguous(memory_format=torch.channels_last))
+    for hook in hooks:
+        hook.remove()
+    picked = set()
+    for layer, (x, r) in inputs.items():
+        x = x.contiguous(memory_format=torch.channels_last)
+        choice = layer._auto_formulation(x, "cuda")
+        picked.add(choice)
+        layer.formulation = choice
+        with torch.set_grad_enabled(grad):
+            out = layer(x, r)
+        assert out.is_contiguous(memory_format=torch.channels_last), layer
+        want = naive(layer, x, r)
+        torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4, msg=str(layer))
+    assert picked == {"batched"} and len(inputs) == 48  # 16 blocks x expand, depthwise, project
+
+
+def test_off_the_cpu_inference_mixes_the_whole_batch_at_once(monkeypatch):
+    """The CPU's cache-sized chunks would be 16 tiny products per layer at batch 256 on a GPU,
+    each a node torch.compile unrolls; off the CPU (here the meta device) the batch is one."""
+    monkeypatch.setattr(condconv, "MIXING_CACHE_FLOATS", 1)
+    layer = CondConv2d(6, 10, 1, num_experts=3).to("meta")
+    chunks, real = [], layer._rows_times_kernels
+    monkeypatch.setattr(
+        layer, "_rows_times_kernels", lambda *a, **k: chunks.append(len(a[0])) or real(*a, **k)
+    )
+    x = torch.empty(20, 6, 5, 5, device="meta").contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = layer(x, torch.empty(20, 3, device="meta"))
+    assert chunks == [20] and out.shape == (20, 10, 5, 5)

@@ -83,6 +83,12 @@ def test_bf16_autocast_keeps_batch_norm_and_the_weights_in_fp32():
         assert value.dtype == torch.float32, name
         assert torch.isfinite(value).all() and not torch.equal(value, before[name]), name
     assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+    for _ in range(30):  # BN's running statistics settle on these images before eval mode
+        with rt.autocast():
+            loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
     # Within bf16's precision of the fp32 network's output on the same weights.
     with torch.no_grad():
         model.eval()
@@ -118,6 +124,7 @@ def test_fused_sgd_on_the_gpu_matches_the_per_parameter_loop():
         start = torch.cat([p.detach().flatten() for p in model.parameters()])
         optimizer = make_optimizer(model, cfg, fused=fused)
         assert bool(optimizer.defaults["fused"]) is fused and len(optimizer.param_groups) > 1
+        assert optimizer.defaults["foreach"] is (None if fused else False)  # not foreach
         apply_schedule(model, optimizer, 1.5, cfg.train)
         for step in range(3):
             generator = torch.Generator("cuda").manual_seed(step)
@@ -131,9 +138,18 @@ def test_fused_sgd_on_the_gpu_matches_the_per_parameter_loop():
     torch.testing.assert_close(results[1], results[0], rtol=1e-5, atol=1e-6)
 
 
-def test_compiled_training_on_the_device_never_recompiles(tmp_path):
+COMPILED_RUNS = {
+    "paper-standard": {},
+    # CondConv with everything `train()` adds to it: routers, the cap on their gradients, and
+    # the routing monitor sampling every 2nd step and observing every evaluation batch.
+    "paper-condconv": {"train.routing_grad_clip": 1.0, "run.routing_stats_every": 2},
+}
+
+
+@pytest.mark.parametrize("name", COMPILED_RUNS)
+def test_compiled_training_on_the_device_never_recompiles(tmp_path, name):
     """The real run on a GPU: tensor pipeline on the device, bf16 autocast, channels_last,
-    Inductor; one training and one evaluation graph for the whole run and its resume."""
+    Inductor; the graphs of the first epoch serve the whole run and its resume."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -143,12 +159,17 @@ def test_compiled_training_on_the_device_never_recompiles(tmp_path):
         **ON_CUDA,
         **{"run.amp": True, "run.compile": True, "run.channels_last": True},
         **{"data.synthetic_images": 200, "train.epochs": 3, "train.eval_batch_size": 32},
+        **{"model.name": name, **COMPILED_RUNS[name]},
     )
     out = tmp_path / "run"
-    train(cfg, out, progress=False, stop_after=2)
-    assert counters["stats"]["unique_graphs"] == 2  # 6 batches of 32; 50 val images as 2 x 32
+    train(cfg, out, progress=False, stop_after=1)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 2  # at least one training and one evaluation graph
+    if name == "paper-standard":
+        assert graphs == 2  # 6 batches of 32; 50 val images as 2 x 32
+    train(resume_config(out), out, resume=True, progress=False, stop_after=2)
     train(resume_config(out), out, resume=True, progress=False)
-    assert counters["stats"]["unique_graphs"] == 2
+    assert counters["stats"]["unique_graphs"] == graphs
     records = read_metrics(out)
     assert [r["epoch"] for r in records] == [0, 1, 2]
     name = torch.cuda.get_device_name(0)
@@ -189,3 +210,45 @@ def test_tensor_pipeline_batches_stay_on_the_device_without_a_host_sync(tmp_path
     ):
         torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-6)
         assert torch.equal(got_labels.cpu(), want_labels)
+
+
+def count_syncs(work) -> tuple[object, int]:
+    """`work()`'s result and how many times it made the host wait for the device."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            result = work()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return result, sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("name", ["paper-standard", "paper-condconv"])
+def test_a_training_epoch_and_an_evaluation_each_wait_for_the_device_once(tmp_path, name):
+    """The epoch's totals and the evaluation's sums are the only copies to the host: the
+    routing monitor and the router cap run on the device."""
+    from condnet.engine.evaluation import evaluate
+    from condnet.engine.loaders import eval_loader, train_loader
+    from condnet.engine.runtime import seed_epoch
+    from condnet.engine.trainer import start_run, train_one_epoch
+
+    cfg = tiny_config(
+        **ON_CUDA,
+        **{"model.name": name, "train.routing_grad_clip": 1.0, "run.routing_stats_every": 2},
+    )
+    rt = make_runtime(cfg.run)
+    data = DeviceSplit.from_cache(
+        load_cached(array_split(count=96), tmp_path / "cache", 20, 16), rt.device
+    )
+    ctx = start_run(cfg, rt, 4)
+    assert (ctx.monitor is not None) is (name == "paper-condconv")
+    loader = train_loader(cfg, data, rt, 0, seed_epoch(0, 0, 0))
+    validation = eval_loader(cfg, data, rt)
+    (loss, seen, _), syncs = count_syncs(lambda: train_one_epoch(ctx, loader, 0))
+    assert math.isfinite(loss) and seen == 96 and syncs == 1
+    result, syncs = count_syncs(lambda: evaluate(ctx.net, validation, rt, monitor=ctx.monitor))
+    assert result["count"] == 96 and syncs == 1

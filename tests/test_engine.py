@@ -18,9 +18,16 @@ from condnet.cli import main
 from condnet.config import TrainConfig, load_config
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.evaluation import evaluate_checkpoint
-from condnet.engine.runtime import rng_state
+from condnet.engine.metrics import read_metrics
+from condnet.engine.runtime import make_runtime, rng_state
 from condnet.engine.schedule import lr_at
-from condnet.engine.trainer import build_network, make_optimizer, resume_config, train
+from condnet.engine.trainer import (
+    build_network,
+    make_optimizer,
+    resume_config,
+    start_run,
+    train,
+)
 from condnet.errors import CondnetError
 from condnet.report.build import PAPER_ROUTING, config_setting
 from tests.helpers import FASHION_SUBSET, LEARNS, tiny_config, torchrun_train
@@ -473,3 +480,27 @@ def test_resume_uses_the_fused_update_of_this_device_not_the_checkpoints(tmp_pat
     train(resume_config(tmp_path), tmp_path, resume=True, progress=False)
     groups = load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"]
     assert [g["fused"] for g in groups] == [None] * len(groups)
+    assert [g["foreach"] for g in groups] == [False] * len(groups)  # the per-parameter loop
+
+
+@pytest.mark.parametrize("before", [False, True], ids=["to-channels-last", "to-nchw"])
+def test_resume_with_another_layout_keeps_the_momentum_in_the_weights_layout(tmp_path, before):
+    """`run.channels_last` changed on resume: every momentum buffer takes its weight's new
+    strides (the fused update refuses unequal ones), and the run goes on."""
+    cfg = tiny_config(
+        **{"train.epochs": 2, "run.channels_last": before, "model.name": "paper-condconv"}
+    )
+    train(cfg, tmp_path, progress=False, stop_after=1)
+    changed = resume_config(tmp_path, {"run.channels_last": not before})
+    state = load_checkpoint(tmp_path / "last.pt")
+    ctx = start_run(changed, make_runtime(changed.run), 4, state=state)
+    params = [p for group in ctx.optimizer.param_groups for p in group["params"]]  # state order
+    pairs = [(p, ctx.optimizer.state[p]["momentum_buffer"]) for p in params]
+    moved = [p for p, _ in pairs if p.dim() >= 4 and not p.is_contiguous()]
+    assert bool(moved) is not before  # the weights changed layout (to channels_last, or back)
+    assert all(b.stride() == p.stride() and b.device == p.device for p, b in pairs)
+    momentum = {k: v["momentum_buffer"] for k, v in state["optimizer"]["state"].items()}
+    restored = [b for _, b in pairs]
+    assert all(torch.equal(restored[i], momentum[i]) for i in momentum)  # same values
+    train(changed, tmp_path, resume=True, progress=False)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [0, 1]

@@ -7,9 +7,10 @@ import torch
 from condnet.config import load_config
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.engine.distributed import Dist
-from condnet.engine.loaders import split_data, train_loader
+from condnet.engine.evaluation import evaluate
+from condnet.engine.loaders import eval_loader, split_data, train_loader
 from condnet.engine.runtime import Runtime, seed_epoch
-from condnet.engine.trainer import resume_config, train
+from condnet.engine.trainer import build_network, resume_config, train
 from condnet.errors import CondnetError
 from tests.helpers import (
     FASHION_SUBSET,
@@ -100,3 +101,26 @@ def test_unreadable_files_are_counted_each_epoch(tmp_path, capfd):
     metrics = train(cfg, tmp_path / "run", progress=False)
     assert [m["skipped_images"] for m in metrics] == [1, 1]
     assert sum("empty.jpg" in line for line in capfd.readouterr().err.splitlines()) == 1
+
+
+def test_compiled_torchvision_evaluation_pads_every_batch_to_one_shape():
+    """With run.compile the torchvision pipeline's last evaluation batch is padded (rows
+    labelled -100), so a compiled network sees one shape; the results are the unpadded ones."""
+    from condnet.data.datasets import load_splits
+
+    eager = tiny_config(**{"train.eval_batch_size": 20, "model.name": "paper-condconv"})
+    compiled = tiny_config(**{"train.eval_batch_size": 20, "run.compile": True})
+    rt = Runtime(torch.device("cpu"), Dist(), amp=False, channels_last=False)
+    _, val = load_splits(eager.data, 0)
+    val_set = split_data(eager, rt, val, "val")
+    plain, padded = eval_loader(eager, val_set, rt), eval_loader(compiled, val_set, rt)
+    assert len(val_set) % 20  # a short last batch to pad
+    shapes = {tuple(images.shape) for images, _, _ in padded}
+    assert shapes == {(20, 3, 16, 16)}
+    assert [tuple(b[0].shape) for b in plain][-1][0] == len(val_set) % 20
+    labels = torch.cat([b[1] for b in padded])
+    assert (labels == -100).sum() == 20 - len(val_set) % 20
+    assert torch.equal(labels[labels >= 0], torch.cat([b[1] for b in plain]))
+    torch.manual_seed(0)
+    model = build_network(eager, 4)
+    assert evaluate(model, padded, rt) == pytest.approx(evaluate(model, plain, rt), rel=1e-6)

@@ -72,3 +72,28 @@ def test_cuda_states_from_more_gpus_restore_on_fewer(monkeypatch):
     states = [torch.full((8,), i, dtype=torch.uint8) for i in range(4)]
     set_rng_state(saved | {"cuda": states})
     assert len(calls) == 1 and calls[0][1] == 0 and torch.equal(calls[0][0], states[0])
+
+
+def test_a_ddp_rank_on_cuda_takes_its_gpu_before_joining_and_names_it(monkeypatch):
+    """Under torchrun, rank 1 of 2 on CUDA: its GPU (LOCAL_RANK) is current before the NCCL
+    group forms, and the group is told it (`device_id`), so no collective guesses a device."""
+    import torch.distributed as dist
+
+    from condnet.engine import distributed
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("device", device)))
+    monkeypatch.setattr(
+        dist, "init_process_group", lambda backend, **kw: calls.append(("join", backend, kw))
+    )
+    ctx = distributed.setup("cuda")
+    gpu = torch.device("cuda", 1)
+    assert calls == [("device", gpu), ("join", "nccl", {"device_id": gpu})]
+    assert (ctx.rank, ctx.world, ctx.local_rank) == (1, 2, 1)
+    calls.clear()
+    distributed.setup("cpu")  # gloo on the CPU: no device to take
+    assert calls == [("join", "gloo", {})]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from condnet.config import DataConfig
 from condnet.data import sources
 from condnet.data.images import BadImage, load_rgb
 from condnet.data.sources import Split
+from condnet.data.tensor_loader import IGNORE
 from condnet.data.transforms import TransformSpec, train_transform
 from condnet.errors import CondnetError
 
@@ -54,6 +56,19 @@ def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]
         return torch.empty(0), torch.empty(0, dtype=torch.long), bad
     images = torch.stack([b[0] for b in good])
     labels = torch.tensor([b[1] for b in good], dtype=torch.long)
+    return images, labels, bad
+
+
+def collate_padded(batch: list, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """`collate_skipping`, the readable samples then padded to `size` rows of zeros labelled
+    `IGNORE` (a fixed batch shape, so a compiled network sees one shape; the padding counts
+    nowhere in `evaluate`)."""
+    images, labels, bad = collate_skipping(batch)
+    missing = size - labels.shape[0]
+    if missing <= 0 or labels.numel() == 0:
+        return images, labels, bad
+    images = torch.cat([images, images.new_zeros(missing, *images.shape[1:])])
+    labels = torch.cat([labels, labels.new_full((missing,), IGNORE)])
     return images, labels, bad
 
 
@@ -129,7 +144,10 @@ def make_loader(
     generator: torch.Generator | None,
     workers: int,
     drop_last: bool = False,
+    pad: bool = False,
 ) -> DataLoader:
+    """Batches of readable samples; `pad`: every batch padded to `batch_size` rows
+    (`collate_padded`)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -137,7 +155,7 @@ def make_loader(
         shuffle=shuffle if sampler is None else False,
         generator=generator,
         num_workers=workers,
-        collate_fn=collate_skipping,
+        collate_fn=partial(collate_padded, size=batch_size) if pad else collate_skipping,
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,

@@ -25,13 +25,23 @@ class Dist:
 
 
 def setup(device_type: str) -> Dist:
-    """Join the process group when started by torchrun (nccl on CUDA, gloo on CPU)."""
+    """Join the process group when started by torchrun (nccl on CUDA, gloo on CPU).
+
+    On CUDA each process takes its GPU (`LOCAL_RANK`) before joining, and names it to the
+    group (`device_id`), so NCCL and `barrier` never have to guess which device a rank uses.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+        if device_type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    return Dist(dist.get_rank(), world, local_rank)
 
 
 def sum_across(values: torch.Tensor, ctx: Dist) -> torch.Tensor:

@@ -108,6 +108,7 @@ def eval_loader(cfg: Config, data: Data, rt: Runtime) -> Loader:
         return TensorLoader(
             data, cfg.train.eval_batch_size, cfg.data, channels_last=rt.channels_last
         )
+    # Compiled, the last (or a rank's shorter) batch is padded: one shape, one graph.
     sampler = ShardSampler(len(data), rt.dist.rank, rt.dist.world)
     return make_loader(
         data,
@@ -116,6 +117,7 @@ def eval_loader(cfg: Config, data: Data, rt: Runtime) -> Loader:
         shuffle=False,
         generator=None,
         workers=cfg.data.num_workers,
+        pad=cfg.run.compile,
     )
 
 

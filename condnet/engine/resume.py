@@ -86,9 +86,11 @@ def _refuse_fixed(changes: Mapping[str, tuple[Any, Any]]) -> None:
 def apply_optimizer_settings(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
     """Write the SGD settings of `cfg` into every parameter group (each group's `lr_scale`:
     `routing_lr_scale` times the calibrated factor for a CondConv router's group, else 1), and
-    the optimizer's own `fused` choice, made for this run's device; `lr` is the schedule's."""
+    the optimizer's own `fused` and `foreach` choices, made for this run's device; `lr` is the
+    schedule's."""
     for group in optimizer.param_groups:
-        group["fused"] = optimizer.defaults["fused"]  # this run's device, not the checkpoint's
+        for key in ("fused", "foreach"):  # this run's device, not the checkpoint's
+            group[key] = optimizer.defaults[key]
         group["momentum"] = cfg.momentum
         group["nesterov"] = cfg.nesterov and cfg.momentum > 0
         group["weight_decay"] = cfg.weight_decay

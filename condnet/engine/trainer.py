@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,35 +39,38 @@ from condnet.models import CondNet, Routing, build_model
 from condnet.models.net import init_experts, init_routers
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: Loader,
-    optimizer: torch.optim.Optimizer,
-    rt: Runtime,
-    cfg: Config,
-    *,
-    epoch: int,
-    progress: bool,
-    stop: StopSignals,
-    monitor: RoutingMonitor | None = None,
-    routers: RouterRates | None = None,
-) -> tuple[float, int, int]:
+@dataclass
+class EpochContext:
+    """What every epoch of a run uses, made once by `start_run`: the network (`model` bare, for
+    checkpoints and schedules; `net` as it runs, under DDP and torch.compile when switched
+    on), its optimizer, the routers' diagnostics and rates, and how the run computes."""
+
+    model: CondNet
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    cfg: Config
+    rt: Runtime
+    monitor: RoutingMonitor | None = None
+    routers: RouterRates | None = None
+    progress: bool = False
+    stop: StopSignals = field(default_factory=StopSignals)
+
+
+def train_one_epoch(ctx: EpochContext, loader: Loader, epoch: int) -> tuple[float, int, int]:
     """One pass over `loader`. Returns (mean loss, images seen, images skipped).
 
-    After each backward pass, `monitor` samples routing statistics (every few steps, before any
-    change to the gradients), then `routers` adjusts the CondConv routers' gradients or rates
-    and the monitor notes the cap it applied.
+    After each backward pass, the routing monitor samples routing statistics (every few steps,
+    before any change to the gradients), then the router rates adjust the CondConv routers'
+    gradients or rates and the monitor notes the cap they applied.
     """
+    cfg, rt, model, optimizer = ctx.cfg, ctx.rt, ctx.net, ctx.optimizer
     model.train()
     loss_sum = torch.zeros((), device=rt.device)
     seen = skipped = 0
-    bar = progress_bar(loader, len(loader), f"epoch {epoch + 1}/{cfg.train.epochs}", progress)
+    bar = progress_bar(loader, len(loader), f"epoch {epoch + 1}/{cfg.train.epochs}", ctx.progress)
     for step, (images, labels, bad) in enumerate(bar):
-        stop.check(epoch, step)
-        if cfg.train.lr_per_step:
-            apply_schedule(model, optimizer, epoch + step / len(loader), cfg.train)
-        elif cfg.train.routing_anneal_epochs:  # the temperature anneals every step regardless
-            set_temperature(model, routing_temperature_at(epoch + step / len(loader), cfg.train))
+        ctx.stop.check(epoch, step)
+        _step_schedule(ctx, epoch + step / len(loader))
         skipped += count_bad_images(bad, cfg.data.on_bad_image)
         if labels.numel() == 0:
             continue
@@ -75,30 +79,36 @@ def train_one_epoch(
             loss = F.cross_entropy(model(images), labels, label_smoothing=cfg.train.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if monitor is not None:
-            monitor.train_step(step)  # the gradients as computed, before any cap
-        if routers is not None:
-            factors = routers.after_backward(optimizer)
-            if monitor is not None:
-                monitor.note_cap(step, factors)
+        _after_backward(ctx, step)
         optimizer.step()
         loss_sum += loss.detach() * labels.shape[0]
         seen += labels.shape[0]
-        if progress and step % 20 == 0:
+        if ctx.progress and step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")  # a sync, only when a person watches
-    # Sum over ranks and copy to the host: the epoch's one sync point.
-    totals = distributed.sum_across(
-        torch.stack(
-            [
-                loss_sum,
-                torch.tensor(float(seen), device=rt.device),
-                torch.tensor(float(skipped), device=rt.device),
-            ]
-        ),
-        rt.dist,
-    )
+    # Sum over ranks and copy to the host: the epoch's one sync point (the counts are filled
+    # in on the device, not copied there, which would be a blocking copy of its own).
+    counts = [torch.full((), float(n), device=rt.device) for n in (seen, skipped)]
+    totals = distributed.sum_across(torch.stack([loss_sum, *counts]), rt.dist)
     loss_total, seen_total, skipped_total = totals.tolist()
     return loss_total / max(seen_total, 1), int(seen_total), int(skipped_total)
+
+
+def _step_schedule(ctx: EpochContext, epoch: float) -> None:
+    """Rates per step when `train.lr_per_step`; the temperature anneals every step regardless."""
+    if ctx.cfg.train.lr_per_step:
+        apply_schedule(ctx.net, ctx.optimizer, epoch, ctx.cfg.train)
+    elif ctx.cfg.train.routing_anneal_epochs:
+        set_temperature(ctx.net, routing_temperature_at(epoch, ctx.cfg.train))
+
+
+def _after_backward(ctx: EpochContext, step: int) -> None:
+    """The monitor samples the gradients as computed, then the router rates cap them."""
+    if ctx.monitor is not None:
+        ctx.monitor.train_step(step)
+    if ctx.routers is not None:
+        factors = ctx.routers.after_backward(ctx.optimizer)
+        if ctx.monitor is not None:
+            ctx.monitor.note_cap(step, factors)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float, routing_factor: float = 1.0) -> None:
@@ -155,28 +165,12 @@ def make_optimizer(model: nn.Module, cfg: Config, fused: bool = False) -> torch.
         lr=t.lr_start,
         momentum=t.momentum,
         fused=fused or None,
+        foreach=None if fused else False,
         nesterov=t.nesterov and t.momentum > 0,
         weight_decay=t.weight_decay,
     )
     apply_optimizer_settings(optimizer, t)
     return optimizer
-
-
-def _restore(
-    state: dict[str, Any], out: Path, model: CondNet, optimizer, cfg: Config
-) -> tuple[int, list, float]:
-    """Weights, optimizer state and generators from `state`; the optimizer then takes this
-    run's settings, which may have changed on resume (`condnet.engine.resume`)."""
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise CondnetError(
-            f"{out / 'last.pt'}: does not fit this run's network ({first_line(err, 160)})"
-        ) from None
-    apply_optimizer_settings(optimizer, cfg.train)
-    set_rng_state(state["rng"])
-    return state["epoch"] + 1, state["metrics"], state["best_top1"]
 
 
 def _resume_state(out: Path, cfg: Config, announce: bool) -> tuple[dict[str, Any], list]:
@@ -237,68 +231,32 @@ def train(
     out = Path(out)
     rt = make_runtime(cfg.run)
     progress = sys.stderr.isatty() if progress is None else progress
-    if cfg.train.batch_size % rt.dist.world:
-        raise CondnetError(f"train.batch_size: must be divisible by the {rt.dist.world} processes")
-    if not resume and (out / "last.pt").exists():
-        raise CondnetError(
-            f"{out} already holds a run; resume it with --resume or choose another --out"
-        )
+    _check_start(cfg, rt, out, resume)
     state, resumes = _resume_state(out, cfg, rt.dist.main) if resume else (None, [])
-    train_split, val_split = load_splits(cfg.data, cfg.run.seed)
+    splits = dict(zip(("train", "val"), load_splits(cfg.data, cfg.run.seed), strict=True))
+    class_names = splits["train"].class_names
     if state is not None:
-        _check_classes(state, train_split.class_names)
-    train_set = split_data(cfg, rt, train_split, "train", progress=progress)
-    val_set = split_data(cfg, rt, val_split, "val", progress=progress)
-    torch.manual_seed(cfg.run.seed)  # the initial weights
-    model = build_network(cfg, len(train_split.class_names))
-    optimizer = make_optimizer(model, cfg, fused=rt.device.type == "cuda")
-    start, metrics, best = 0, [], -math.inf
-    if state is not None:
-        start, metrics, best = _restore(state, out, model, optimizer, cfg)
-    place_model(model, rt)
-    _optimizer_to(optimizer, rt.device)
-    monitor = _monitor(model, cfg, len(train_split.class_names))
-    routers = RouterRates.wanted(model, cfg.train)
-    net = _wrap(model, cfg, rt)
-    save = _saver(
-        out, model, optimizer, cfg, rt=rt, class_names=train_split.class_names, resumes=resumes
-    )
+        _check_classes(state, class_names)
+    data = {name: split_data(cfg, rt, split, name, progress=progress) for name, split in splits.items()}
+    ctx = start_run(cfg, rt, len(class_names), state=state, source=out / "last.pt")
+    ctx.progress = progress
+    start, metrics, best = _progress_so_far(state)
+    save = _saver(out, ctx, class_names=class_names, resumes=resumes)
     if rt.dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.yaml")
-        truncate_metrics(out, start)
-        RoutingLog(out).truncate(start)
-    if not resume:
+        _prepare_folder(out, cfg, start)
+    if state is None:
         save(-1, metrics, best, best=False)  # resumable from the very start
     log = MetricsLog(out) if rt.dist.main else None
-    val_loader = eval_loader(cfg, val_set, rt)
-    epoch_loader = (
-        _epoch_eval_loader(cfg, val_set, rt) if cfg.train.epoch_eval_subset else val_loader
-    )
+    every_epoch, last_epoch = _val_loaders(cfg, data["val"], rt)
     end = cfg.train.epochs if stop_after is None else min(stop_after, cfg.train.epochs)
     try:
-        with StopSignals(rt.dist) as stop:
+        with StopSignals(rt.dist) as ctx.stop:
             for epoch in range(start, end):
-                loader = val_loader if epoch == cfg.train.epochs - 1 else epoch_loader
-                record = _run_epoch(
-                    net,
-                    optimizer,
-                    cfg,
-                    rt,
-                    epoch,
-                    train_set=train_set,
-                    val_loader=loader,
-                    progress=progress,
-                    stop=stop,
-                    monitor=monitor,
-                    routers=routers,
+                final = epoch == cfg.train.epochs - 1
+                record, routing = run_epoch(
+                    ctx, epoch, data["train"], last_epoch if final else every_epoch
                 )
                 metrics.append(record)
-                routing = (
-                    monitor.epoch_records(epoch, lambda t: distributed.sum_across(t, rt.dist))
-                    if monitor
-                    else []
-                )
                 if log is not None:
                     log.append(record)
                     RoutingLog(out).append(routing)
@@ -307,14 +265,7 @@ def train(
                 best = max(best, record["val_top1"])
                 distributed.barrier(rt.dist)
     except Interrupted as err:
-        done = load_checkpoint(out / "last.pt")["epoch"] + 1
-        rank = f"rank {rt.dist.rank}: " if rt.dist.enabled else ""
-        print(
-            f"{rank}{err}: stopped before step {err.step + 1} of epoch {err.epoch + 1}; "
-            f"{out / 'last.pt'} holds {done} finished epochs; "
-            f"continue with: condnet train --resume {out}",
-            file=sys.stderr,
-        )
+        _say_interrupted(err, out, rt)
         raise
     finally:
         if log is not None:
@@ -323,20 +274,96 @@ def train(
     return metrics
 
 
-def _saver(
-    out: Path, model: CondNet, optimizer, cfg: Config, *, rt: Runtime, class_names, resumes: list
-):
+def _check_start(cfg: Config, rt: Runtime, out: Path, resume: bool) -> None:
+    if cfg.train.batch_size % rt.dist.world:
+        raise CondnetError(f"train.batch_size: must be divisible by the {rt.dist.world} processes")
+    if not resume and (out / "last.pt").exists():
+        raise CondnetError(
+            f"{out} already holds a run; resume it with --resume or choose another --out"
+        )
+
+
+def _progress_so_far(state: dict[str, Any] | None) -> tuple[int, list, float]:
+    """(first epoch to train, metrics records, best top-1) of a resumed run, or of a new one."""
+    if state is None:
+        return 0, [], -math.inf
+    return state["epoch"] + 1, state["metrics"], state["best_top1"]
+
+
+def _prepare_folder(out: Path, cfg: Config, start: int) -> None:
+    """The run folder with this run's config; logs cut back to the epochs kept."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    truncate_metrics(out, start)
+    RoutingLog(out).truncate(start)
+
+
+def _say_interrupted(err: Interrupted, out: Path, rt: Runtime) -> None:
+    done = load_checkpoint(out / "last.pt")["epoch"] + 1
+    rank = f"rank {rt.dist.rank}: " if rt.dist.enabled else ""
+    print(
+        f"{rank}{err}: stopped before step {err.step + 1} of epoch {err.epoch + 1}; "
+        f"{out / 'last.pt'} holds {done} finished epochs; "
+        f"continue with: condnet train --resume {out}",
+        file=sys.stderr,
+    )
+
+
+def start_run(
+    cfg: Config,
+    rt: Runtime,
+    num_classes: int,
+    *,
+    state: dict[str, Any] | None = None,
+    source: Path | str = "the checkpoint",
+) -> EpochContext:
+    """The network, its optimizer, routing monitor and router rates, placed on `rt`'s device
+    and wrapped to run. The weights are drawn from `run.seed`; a resumed run's `state` then
+    restores weights, optimizer and generators (the optimizer takes this run's settings,
+    which may have changed on resume: `condnet.engine.resume`). `source` names the state's
+    file in errors."""
+    torch.manual_seed(cfg.run.seed)  # the initial weights
+    model = build_network(cfg, num_classes)
+    optimizer = make_optimizer(model, cfg, fused=rt.device.type == "cuda")
+    if state is not None:
+        _restore(state, source, model, optimizer, cfg)
+    place_model(model, rt)
+    _optimizer_state_like_params(optimizer)
+    return EpochContext(
+        model=model,
+        net=_wrap(model, cfg, rt),
+        optimizer=optimizer,
+        cfg=cfg,
+        rt=rt,
+        monitor=_monitor(model, cfg, num_classes),
+        routers=RouterRates.wanted(model, cfg.train),
+    )
+
+
+def _restore(state: dict[str, Any], source, model: CondNet, optimizer, cfg: Config) -> None:
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise CondnetError(
+            f"{source}: does not fit this run's network ({first_line(err, 160)})"
+        ) from None
+    apply_optimizer_settings(optimizer, cfg.train)
+    set_rng_state(state["rng"])
+
+
+def _saver(out: Path, ctx: EpochContext, *, class_names, resumes: list):
     """save(epoch, metrics, best_top1, best=...): last.pt (and best.pt), on rank 0 only."""
 
     def save(epoch: int, metrics: list, best_top1: float, best: bool) -> None:
-        if not rt.dist.main:
+        if not ctx.rt.dist.main:
             return
         state = checkpoint_state(
-            model,
+            ctx.model,
             class_names,
-            eval_transform=TransformSpec.from_config(cfg.data),
-            config=cfg,
-            optimizer=optimizer.state_dict(),
+            eval_transform=TransformSpec.from_config(ctx.cfg.data),
+            config=ctx.cfg,
+            optimizer=ctx.optimizer.state_dict(),
             epoch=epoch,
             rng=rng_state(),
             metrics=metrics,
@@ -356,10 +383,14 @@ def _saver(
     return save
 
 
-def _epoch_eval_loader(cfg: Config, val_set, rt: Runtime) -> Loader:
-    """The fixed class-balanced subset that epochs before the last are evaluated on."""
+def _val_loaders(cfg: Config, val_set, rt: Runtime) -> tuple[Loader, Loader]:
+    """(every epoch's, the last epoch's) validation loaders: epochs before the last evaluate
+    a fixed class-balanced subset when `train.epoch_eval_subset` is set."""
+    whole = eval_loader(cfg, val_set, rt)
+    if not cfg.train.epoch_eval_subset:
+        return whole, whole
     per_rank = -(-cfg.train.epoch_eval_subset // rt.dist.world)
-    return eval_loader(cfg, eval_subset(val_set, per_rank, cfg.run.seed + 2), rt)
+    return eval_loader(cfg, eval_subset(val_set, per_rank, cfg.run.seed + 2), rt), whole
 
 
 def _monitor(model: CondNet, cfg: Config, num_classes: int) -> RoutingMonitor | None:
@@ -369,36 +400,15 @@ def _monitor(model: CondNet, cfg: Config, num_classes: int) -> RoutingMonitor | 
     return RoutingMonitor(model, num_classes, cfg.run.routing_stats_every)
 
 
-def _run_epoch(
-    net,
-    optimizer,
-    cfg: Config,
-    rt: Runtime,
-    epoch: int,
-    *,
-    train_set,
-    val_loader,
-    progress: bool,
-    stop: StopSignals,
-    monitor: RoutingMonitor | None,
-    routers: RouterRates | None,
-) -> dict[str, Any]:
-    lr = apply_schedule(net, optimizer, epoch, cfg.train)
+def run_epoch(
+    ctx: EpochContext, epoch: int, train_set, val_loader: Loader
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one epoch and evaluate: (the metrics record, the routing diagnostics' records)."""
+    cfg, rt = ctx.cfg, ctx.rt
+    lr = apply_schedule(ctx.net, ctx.optimizer, epoch, cfg.train)
     generator = seed_epoch(cfg.run.seed, epoch, rt.dist.rank)
-    loader = train_loader(cfg, train_set, rt, epoch, generator)
     started = time.perf_counter()
-    loss, seen, skipped = train_one_epoch(
-        net,
-        loader,
-        optimizer,
-        rt,
-        cfg,
-        epoch=epoch,
-        progress=progress,
-        stop=stop,
-        monitor=monitor,
-        routers=routers,
-    )
+    loss, seen, skipped = train_one_epoch(ctx, train_loader(cfg, train_set, rt, epoch, generator), epoch)
     train_seconds = time.perf_counter() - started
     if not math.isfinite(loss):
         raise CondnetError(
@@ -408,9 +418,14 @@ def _run_epoch(
     if skipped:
         print(f"warning: epoch {epoch + 1}: skipped {skipped} unreadable images", file=sys.stderr)
     val = evaluate(
-        net, val_loader, rt, progress=progress, monitor=monitor, on_bad_image=cfg.data.on_bad_image
+        ctx.net,
+        val_loader,
+        rt,
+        progress=ctx.progress,
+        monitor=ctx.monitor,
+        on_bad_image=cfg.data.on_bad_image,
     )
-    return {
+    record = {
         "epoch": epoch,
         "lr": lr,
         "train_loss": loss,
@@ -424,6 +439,13 @@ def _run_epoch(
         "val_images": val["count"],
         **rt.record(),  # precision and device: the report's provenance
     }
+    return record, _routing_records(ctx, epoch)
+
+
+def _routing_records(ctx: EpochContext, epoch: int) -> list[dict[str, Any]]:
+    if ctx.monitor is None:
+        return []
+    return ctx.monitor.epoch_records(epoch, lambda t: distributed.sum_across(t, ctx.rt.dist))
 
 
 def _wrap(model: nn.Module, cfg: Config, rt: Runtime) -> nn.Module:
@@ -437,8 +459,15 @@ def _wrap(model: nn.Module, cfg: Config, rt: Runtime) -> nn.Module:
     return torch.compile(net, dynamic=False, mode=cfg.run.compile_mode)
 
 
-def _optimizer_to(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                state[key] = value.to(device)
+def _optimizer_state_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Each parameter's optimizer state (momentum) on the parameter's device and in its memory
+    layout: a run may resume on another device or with another `run.channels_last`, and the
+    fused update needs equal strides."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                    state[key] = torch.empty_like(param).copy_(value)
+                elif isinstance(value, torch.Tensor):
+                    state[key] = value.to(param.device)

@@ -12,8 +12,9 @@ all compute the same function, within float32 rounding:
   viewed as (batch, in_channels, pixels); a larger kernel (the depthwise conv) as the mixture of
   expert outputs ``sum_m r_m * conv(x, W_m)``, exact because convolution is linear and cheap for
   a depthwise conv. Every shape but the batch is static, so it exports with a dynamic batch axis.
-- ``auto`` (the default; the fastest in eager PyTorch on the CPU, measured per layer kind in
-  `benchmarks/RESULTS.md`): a 1x1 conv runs ``batched`` (on a channels_last map, as one
+- ``auto`` (the default): on a GPU, ``batched`` everywhere (channels_last kept, shapes
+  independent of the batch); on the CPU the fastest in eager PyTorch, measured per layer kind
+  in `benchmarks/RESULTS.md`: a 1x1 conv runs ``batched`` (on a channels_last map, as one
   matrix product per example whose output is channels_last too), or ``stacked`` where the
   output has at most `STACKED_MAX_PIXELS` pixels; a depthwise conv on a batch of channels_last
   float32 CPU maps runs the compiled kernel of `condnet.models.native` (``native``), else
@@ -185,7 +186,13 @@ class CondConv2d(nn.Module):
             return self._forward_native(x, routing_weights)
         return self._forward_batched(x, routing_weights)
 
-    def _auto_formulation(self, x: Tensor) -> str:
+    def _auto_formulation(self, x: Tensor, device_type: str | None = None) -> str:
+        """`auto`'s choice for input `x` on `device_type` (default: `x`'s device). Off the CPU
+        every layer runs ``batched``: a channels_last map stays channels_last through the 1x1
+        products and the depthwise mixture of expert convolutions, and the shapes never
+        depend on the batch, so a compiled network has few graphs."""
+        if (device_type or x.device.type) != "cpu":
+            return "batched"
         if self.kernel_size != (1, 1):
             return "native" if self._native_applies(x) else "grouped"
         (pad_h, pad_w), (stride_h, stride_w) = self.padding, self.stride
@@ -252,11 +259,12 @@ class CondConv2d(nn.Module):
         """A channels_last map is a (pixels, in_channels) matrix per example: times the
         transposed kernel, mixed as such, it gives the output channels_last too, no copy.
 
-        Without autograd the batch goes in chunks whose mixed kernels fit in the CPU's cache
-        (`MIXING_CACHE_FLOATS`), so each chunk's product reads them from there."""
+        Without autograd on the CPU the batch goes in chunks whose mixed kernels fit in the
+        CPU's cache (`MIXING_CACHE_FLOATS`), so each chunk's product reads them from there;
+        on a GPU the whole batch is one product."""
         batch, _, height, width = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, self.in_channels)
-        whole = torch.is_grad_enabled() or torch.jit.is_tracing()
+        whole = torch.is_grad_enabled() or torch.jit.is_tracing() or x.device.type != "cpu"
         chunk = batch if whole else self._mixing_chunk()
         if whole or chunk >= batch:  # `whole` first: no comparison of traced sizes
             out = self._rows_times_kernels(rows, routing_weights)
