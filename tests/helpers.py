@@ -33,6 +33,18 @@ FASHION_SUBSET = {
 LEARNS = {"data.synthetic_classes": 8, "data.synthetic_images": 256, "train.batch_size": 16}
 
 
+def load_benchmark(name: str):
+    """The script `benchmarks/<name>.py` as a module (the folder is not a package)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(name, root / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_config(**overrides) -> Config:
     """A seconds-long run on synthetic data with a narrow network; override with dotted keys."""
     data = {

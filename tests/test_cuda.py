@@ -24,7 +24,7 @@ from condnet.engine.trainer import (
     resume_config,
     train,
 )
-from tests.helpers import array_split, paper_data, tensor_config, tiny_config
+from tests.helpers import array_split, load_benchmark, paper_data, tensor_config, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -212,21 +212,6 @@ def test_tensor_pipeline_batches_stay_on_the_device_without_a_host_sync(tmp_path
         assert torch.equal(got_labels.cpu(), want_labels)
 
 
-def count_syncs(work) -> tuple[object, int]:
-    """`work()`'s result and how many times it made the host wait for the device."""
-    import warnings
-
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            result = work()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return result, sum("synchroniz" in str(w.message) for w in caught)
-
-
 @pytest.mark.parametrize("name", ["paper-standard", "paper-condconv"])
 def test_a_training_epoch_and_an_evaluation_each_wait_for_the_device_once(tmp_path, name):
     """The epoch's totals and the evaluation's sums are the only copies to the host: the
@@ -235,6 +220,8 @@ def test_a_training_epoch_and_an_evaluation_each_wait_for_the_device_once(tmp_pa
     from condnet.engine.loaders import eval_loader, train_loader
     from condnet.engine.runtime import seed_epoch
     from condnet.engine.trainer import start_run, train_one_epoch
+
+    count_syncs = load_benchmark("gpu_smoke").count_syncs  # what the smoke check reports
 
     cfg = tiny_config(
         **ON_CUDA,

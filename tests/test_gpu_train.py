@@ -1,18 +1,7 @@
 """`benchmarks/gpu_train.py` times the epoch `condnet train` runs, end to end on the CPU."""
 
-import importlib.util
-from pathlib import Path
-
 from condnet.engine import trainer
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("gpu_train", ROOT / "benchmarks" / "gpu_train.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from tests.helpers import load_benchmark
 
 
 def test_gpu_train_benchmark_times_the_training_loops_own_epochs(capsys, monkeypatch):
@@ -28,13 +17,17 @@ def test_gpu_train_benchmark_times_the_training_loops_own_epochs(capsys, monkeyp
     monkeypatch.setattr(trainer, "train_one_epoch", spy)
     monitor = trainer.RoutingMonitor
     sample, note = monitor.train_step, monitor.note_cap
-    monkeypatch.setattr(monitor, "train_step", lambda m, step: samples.append(step) or sample(m, step))
+    monkeypatch.setattr(
+        monitor, "train_step", lambda m, step: samples.append(step) or sample(m, step)
+    )
     monkeypatch.setattr(
         monitor, "note_cap", lambda m, step, f: caps.append(len(f)) or note(m, step, f)
     )
     args = "--images 96 --size 16 --seconds 0.2 --batch 16 --device cpu --warmup 2"
     args += " --set train.routing_grad_clip=1 run.routing_stats_every=2"
-    rows = load_benchmark().main([*args.split(), "--models", "paper-standard,paper-condconv"])
+    rows = load_benchmark("gpu_train").main(
+        [*args.split(), "--models", "paper-standard,paper-condconv"]
+    )
     out = capsys.readouterr().out
     assert [r["model"] for r in rows] == ["paper-standard", "paper-condconv"]
     assert all(r["train_images_per_s"] > 0 and r["timed_epochs"] >= 1 for r in rows)

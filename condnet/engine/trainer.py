@@ -237,7 +237,9 @@ def train(
     class_names = splits["train"].class_names
     if state is not None:
         _check_classes(state, class_names)
-    data = {name: split_data(cfg, rt, split, name, progress=progress) for name, split in splits.items()}
+    data = {
+        name: split_data(cfg, rt, split, name, progress=progress) for name, split in splits.items()
+    }
     ctx = start_run(cfg, rt, len(class_names), state=state, source=out / "last.pt")
     ctx.progress = progress
     start, metrics, best = _progress_so_far(state)
@@ -408,7 +410,9 @@ def run_epoch(
     lr = apply_schedule(ctx.net, ctx.optimizer, epoch, cfg.train)
     generator = seed_epoch(cfg.run.seed, epoch, rt.dist.rank)
     started = time.perf_counter()
-    loss, seen, skipped = train_one_epoch(ctx, train_loader(cfg, train_set, rt, epoch, generator), epoch)
+    loss, seen, skipped = train_one_epoch(
+        ctx, train_loader(cfg, train_set, rt, epoch, generator), epoch
+    )
     train_seconds = time.perf_counter() - started
     if not math.isfinite(loss):
         raise CondnetError(
