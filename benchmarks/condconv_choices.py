@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import condnet  # noqa: E402
 from compare_timm import environment  # noqa: E402
 from condnet.memory import retain_freed_memory  # noqa: E402
-from condnet.models.condconv import CondConv2d  # noqa: E402
+from condnet.models import condconv_forms as forms  # noqa: E402
 
 BATCH, EXPERTS = 64, 4
 # (in, out, size) of paper-condconv's 1x1 layers with the largest kernels against their maps.
@@ -89,21 +89,20 @@ def bias_placement() -> None:
         condnet.channels_last_weights(condnet.build_model("paper-condconv"))
     )
     images = torch.randn(BATCH, 3, 56, 56).contiguous(memory_format=torch.channels_last)
-    inside = CondConv2d._rows_times_kernels
+    inside = forms.rows_times_kernels
 
-    def after(self, rows, routing, out=None):
-        kernels = routing @ self._experts_channels_last()
-        kernels = kernels.reshape(-1, self.in_channels, self.out_channels)
-        product = torch.bmm(rows, kernels, out=out)
-        return product if self.bias is None else product.add_(self.bias)
+    def after(pixels, routing, experts, bias, out=None):
+        kernels = (routing @ experts).reshape(pixels.shape[0], pixels.shape[2], -1)
+        product = torch.bmm(pixels, kernels, out=out)
+        return product if bias is None else product.add_(bias)
 
     times = {"baddbmm (kept)": [], "bmm then add_": []}
     with torch.inference_mode():
         for _ in range(6):
             for name, form in zip(times, (inside, after), strict=True):
-                CondConv2d._rows_times_kernels = form
+                forms.rows_times_kernels = form
                 times[name].append(fastest(lambda: model(images), 1))
-    CondConv2d._rows_times_kernels = inside
+    forms.rows_times_kernels = inside
     for name, values in times.items():
         print(f"whole network, bias {name:<16} {statistics.median(values):6.1f} ms")
 

@@ -5,9 +5,10 @@ Sections, in order:
 
 1. ``tests``: ``pytest tests/test_cuda.py`` (bf16 autocast, fused SGD, compiled runs of the
    standard and CondConv networks, host syncs, the tensor pipeline on the device).
-2. ``formulations``: every CondConv layer of paper-condconv at the paper's batch and crop, each
-   exact formulation timed (forward and backward, bf16 autocast, channels_last input), with its
-   output layout and its distance to the grouped form; totals per layer role.
+2. ``formulations``: every CondConv layer of paper-condconv at the paper's batch and crop: the
+   form ``auto`` picks there and every exact form of `condnet.models.condconv_forms` that
+   applies, each timed (forward and backward, bf16 autocast, channels_last input), with its
+   output layout and its distance to ``auto``'s output; totals per layer role.
 3. ``cap``: the routing cap's cost per step (the routers' relative gradient clip), against the
    whole step.
 4. ``syncs``: host syncs (``torch.cuda.set_sync_debug_mode``) in a training epoch, an
@@ -59,6 +60,7 @@ from condnet.engine.metrics import read_metrics  # noqa: E402
 from condnet.engine.runtime import make_runtime, seed_epoch  # noqa: E402
 from condnet.engine.trainer import resume_config, start_run, train, train_one_epoch  # noqa: E402
 from condnet.models import build_model  # noqa: E402
+from condnet.models import condconv_forms as forms  # noqa: E402
 from condnet.models.condconv import CondConv2d  # noqa: E402
 from condnet.models.layout import channels_last_weights  # noqa: E402
 
@@ -226,21 +228,18 @@ def role(layer: CondConv2d) -> str:
     return "expand 1x1" if layer.out_channels > layer.in_channels else "project 1x1"
 
 
-def forms(layer: CondConv2d, x: torch.Tensor) -> dict[str, Callable]:
-    """name -> fn(x, r) for every exact formulation that applies to `layer` on `x`'s device."""
+def layer_forms(layer: CondConv2d, x: torch.Tensor) -> dict[str, Callable]:
+    """name -> fn(x, r): `auto` as the layer picks it here, then every exact form of
+    `condnet.models.condconv_forms` that applies to `layer` on `x`."""
+    args = (layer.weight, None, layer.bias, layer.stride, layer.padding, layer.groups)
 
-    def public(name: str) -> Callable:
-        def run(x, r):
-            layer.formulation = name
-            return layer(x, r)
+    def pure(form: Callable) -> Callable:
+        return lambda x, r: form(x, args[0], r, *args[2:])
 
-        return run
-
-    out = {name: public(name) for name in ("grouped", "batched", "auto")}
-    if layer.kernel_size == (1, 1) and layer.groups == 1:
-        out["stacked"] = layer._forward_stacked
-    if layer.kernel_size != (1, 1) and x.device.type == "cpu" and layer._native_applies(x):
-        out["native"] = layer._forward_native
+    out = {f"auto ({layer.choose_form(x)})": layer}
+    for name, form in forms.FORMS.items():
+        if forms.applies(name, layer.weight, layer.groups, x):
+            out[name] = pure(form)
     return out
 
 
@@ -260,16 +259,15 @@ def fwd_bwd(fn: Callable, x: torch.Tensor, r: torch.Tensor, amp: bool) -> torch.
 
 
 def time_forms(smoke: Smoke, layer: CondConv2d, x, r) -> dict[str, tuple[float, bool, float]]:
-    """name -> (seconds, output channels_last, max difference relative to the first form)."""
+    """name -> (seconds, output channels_last, max difference relative to `auto`'s output)."""
     results, reference = {}, None
-    for name, fn in forms(layer, x).items():
+    for name, fn in layer_forms(layer, x).items():
         step = functools.partial(fwd_bwd, fn, x, r, not smoke.cpu_check)
         out = step().float()
         reference = out if reference is None else reference
         error = ((out - reference).abs().max() / reference.abs().max().clamp_min(1e-9)).item()
         seconds = median_seconds(step, 0.002 if smoke.cpu_check else 0.05)
         results[name] = (seconds, out.is_contiguous(memory_format=torch.channels_last), error)
-    layer.formulation = "auto"
     return results
 
 

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 import condnet
 from condnet.errors import CondnetError
-from condnet.models import condconv, native
+from condnet.models import condconv_forms as forms
+from condnet.models import native
 from condnet.models.condconv import FORMULATIONS, CondConv2d, set_formulation
 
 
@@ -29,14 +30,9 @@ def naive(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 def test_matches_per_example_loop(depthwise, stride, batch, kernel_size, formulation, size, layout):
     cin, cout = (12, 12) if depthwise else (6, 10)
     layer = CondConv2d(
-        cin,
-        cout,
-        kernel_size,
-        stride,
-        groups=cin if depthwise else 1,
-        num_experts=3,
-        formulation=formulation,
+        cin, cout, kernel_size, stride, groups=cin if depthwise else 1, num_experts=3
     )
+    layer.formulation = formulation
     x = torch.randn(batch, cin, size, size).contiguous(memory_format=layout).requires_grad_()
     r = torch.rand(batch, 3, requires_grad=True)
     out = layer(x, r)
@@ -53,7 +49,7 @@ def test_matches_per_example_loop(depthwise, stride, batch, kernel_size, formula
 @pytest.mark.parametrize("formulation", FORMULATIONS)
 @pytest.mark.parametrize("kernel_size", [1, 3])
 def test_grouped_not_depthwise_and_own_routing(formulation, kernel_size):
-    layer = CondConv2d(8, 12, kernel_size, 1, groups=4, num_experts=2, own_routing=True)
+    layer = CondConv2d(8, 12, kernel_size, 1, groups=4, num_experts=2, router="sigmoid")
     layer.formulation = formulation
     x = torch.randn(3, 8, 7, 7)
     torch.testing.assert_close(layer(x), naive(layer, x, layer.router(x)), rtol=1e-5, atol=1e-5)
@@ -64,15 +60,18 @@ def test_grouped_not_depthwise_and_own_routing(formulation, kernel_size):
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("size", [9, 4])  # 4x4: `auto` takes the stacked form for 1x1 convs
 def test_bias_is_added_after_mixing(formulation, kernel_size, groups, size):
-    layer = CondConv2d(
-        6, 8, kernel_size, 2, groups=groups, num_experts=3, bias=True, formulation=formulation
-    )
-    with torch.no_grad():
-        layer.bias.normal_()
+    layer = with_bias(CondConv2d(6, 8, kernel_size, 2, groups=groups, num_experts=3))
+    layer.formulation = formulation
     x, r = torch.randn(4, 6, size, size), torch.rand(4, 3)
     want = naive(layer, x, r) + layer.bias[:, None, None]
     torch.testing.assert_close(layer(x, r), want, rtol=1e-5, atol=1e-5)
     assert CondConv2d(6, 8, 3).bias is None and "bias" not in CondConv2d(6, 8, 3).state_dict()
+
+
+def with_bias(layer: CondConv2d) -> CondConv2d:
+    """`layer` with a random per-output-channel bias, as BN folding gives it one."""
+    layer.bias = torch.nn.Parameter(torch.randn(layer.out_channels))
+    return layer
 
 
 def test_formulations_agree_on_a_whole_network_with_gradients():
@@ -100,7 +99,8 @@ def spy_conv2d(monkeypatch, record) -> list:
 
 
 def test_batched_formulation_has_no_batch_dependent_groups(monkeypatch):
-    layer = CondConv2d(6, 6, 3, groups=6, num_experts=4, formulation="batched")
+    layer = CondConv2d(6, 6, 3, groups=6, num_experts=4)
+    layer.formulation = "batched"
     groups = spy_conv2d(monkeypatch, lambda a, k: k["groups"])
     for batch in (1, 5):
         layer(torch.randn(batch, 6, 5, 5), torch.rand(batch, 4))
@@ -145,18 +145,18 @@ def test_auto_picks_the_stacked_form_for_small_1x1_maps(monkeypatch):
 
 
 def every_path(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The layer's output by each way it can compute, `auto`'s stacked form included."""
+    """The layer's output by each formulation and by each form that applies to it, the forms
+    also on a channels_last copy of `x`."""
     outs = {}
     for formulation in FORMULATIONS:
         layer.formulation = formulation
         outs[formulation] = layer(x, r)
-    if layer.kernel_size == (1, 1) and layer.groups == 1:  # `auto` never stacks a grouped conv
-        outs["stacked"] = layer._forward_stacked(x, r)
-    if layer.groups == layer.in_channels == layer.out_channels and native.kernel() is not None:
-        outs["native"] = layer._forward_native(x.contiguous(memory_format=torch.channels_last), r)
-    if layer.kernel_size == (1, 1):
-        rows = layer._forward_batched(x.contiguous(memory_format=torch.channels_last), r)
-        outs["batched, channels_last"] = rows
+    args = (layer.weight, r, layer.bias, layer.stride, layer.padding, layer.groups)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        for name, form in forms.FORMS.items():
+            if forms.applies(name, layer.weight, layer.groups, xl):
+                outs[f"{name}, {layout}"] = form(xl, *args)
     return outs
 
 
@@ -165,27 +165,25 @@ def every_path(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> dict[str,
 @pytest.mark.parametrize("groups", [1, 2, 6])  # 6: depthwise
 @pytest.mark.parametrize("kernel_size", [1, 3])
 def test_padding_is_honoured_as_by_conv2d(padding, stride, groups, kernel_size):
-    layer = CondConv2d(6, 6, kernel_size, stride, padding, groups, num_experts=3, bias=True)
-    with torch.no_grad():
-        layer.bias.normal_()
+    layer = with_bias(CondConv2d(6, 6, kernel_size, stride, padding, groups, num_experts=3))
     x, r = torch.randn(3, 6, 5, 5), torch.rand(3, 3)
     want = naive(layer, x, r) + layer.bias[:, None, None]
     plain = torch.nn.Conv2d(6, 6, kernel_size, stride, padding, groups=groups)
     assert want.shape == plain(x).shape  # the reference has nn.Conv2d's output size
-    for name, out in every_path(layer, x, r).items():
+    outs = every_path(layer, x, r)
+    assert len(outs) >= 6  # the three formulations, and grouped and mixture in both layouts
+    for name, out in outs.items():
         torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_inference_mixes_1x1_kernels_chunk_by_chunk(monkeypatch):
-    monkeypatch.setattr(condconv, "MIXING_CACHE_FLOATS", 1)  # chunks of MIN_MIXING_CHUNK = 8
-    layer = CondConv2d(6, 10, 1, num_experts=3, bias=True)
-    with torch.no_grad():
-        layer.bias.normal_()
+    monkeypatch.setattr(forms, "MIXING_CACHE_FLOATS", 1)  # chunks of MIN_MIXING_CHUNK = 8
+    layer = with_bias(CondConv2d(6, 10, 1, num_experts=3))
     x = torch.randn(20, 6, 5, 5).contiguous(memory_format=torch.channels_last)
     r = torch.rand(20, 3)
-    chunks, real = [], layer._rows_times_kernels
+    chunks, real = [], forms.rows_times_kernels
     monkeypatch.setattr(
-        layer, "_rows_times_kernels", lambda *a, **k: chunks.append(len(a[0])) or real(*a, **k)
+        forms, "rows_times_kernels", lambda *a, **k: chunks.append(len(a[0])) or real(*a, **k)
     )
     with torch.no_grad():
         out = layer(x, r)
@@ -219,27 +217,98 @@ def test_the_gpu_rule_keeps_channels_last_and_is_exact_in_every_layer(grad):
     picked = set()
     for layer, (x, r) in inputs.items():
         x = x.contiguous(memory_format=torch.channels_last)
-        choice = layer._auto_formulation(x, "cuda")
+        choice = layer.choose_form(x, "cuda")
         picked.add(choice)
-        layer.formulation = choice
+        form = forms.FORMS[choice]
         with torch.set_grad_enabled(grad):
-            out = layer(x, r)
+            out = form(x, layer.weight, r, layer.bias, layer.stride, layer.padding, layer.groups)
         assert out.is_contiguous(memory_format=torch.channels_last), layer
         want = naive(layer, x, r)
         torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4, msg=str(layer))
-    assert picked == {"batched"} and len(inputs) == 48  # 16 blocks x expand, depthwise, project
+    assert picked == {"rows", "mixture"} and len(inputs) == 48  # 16 blocks x 3 CondConvs
 
 
 def test_off_the_cpu_inference_mixes_the_whole_batch_at_once(monkeypatch):
     """The CPU's cache-sized chunks would be 16 tiny products per layer at batch 256 on a GPU,
     each a node torch.compile unrolls; off the CPU (here the meta device) the batch is one."""
-    monkeypatch.setattr(condconv, "MIXING_CACHE_FLOATS", 1)
+    monkeypatch.setattr(forms, "MIXING_CACHE_FLOATS", 1)
     layer = CondConv2d(6, 10, 1, num_experts=3).to("meta")
-    chunks, real = [], layer._rows_times_kernels
+    chunks, real = [], forms.rows_times_kernels
     monkeypatch.setattr(
-        layer, "_rows_times_kernels", lambda *a, **k: chunks.append(len(a[0])) or real(*a, **k)
+        forms, "rows_times_kernels", lambda *a, **k: chunks.append(len(a[0])) or real(*a, **k)
     )
     x = torch.empty(20, 6, 5, 5, device="meta").contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         out = layer(x, torch.empty(20, 3, device="meta"))
     assert chunks == [20] and out.shape == (20, 10, 5, 5)
+
+
+LAYER_SHAPES = {  # (in, out, kernel, stride, groups)
+    "1x1": (6, 10, 1, 1, 1),
+    "1x1 strided": (6, 10, 1, 2, 1),
+    "1x1 grouped": (6, 10, 1, 1, 2),
+    "3x3": (6, 10, 3, 1, 1),
+    "3x3 depthwise": (12, 12, 3, 1, 12),
+    "5x5 depthwise strided": (12, 12, 5, 2, 12),
+}
+
+
+@pytest.mark.parametrize("name", list(forms.FORMS))
+def test_every_form_is_the_per_example_convolution_where_it_applies(name):
+    """Each pure form, on every layer shape and layout it applies to: the output, and the
+    gradients of the input, the routing weights and the experts, equal the definition's."""
+    form, ran = forms.FORMS[name], []
+    for shape, (cin, cout, k, stride, groups) in LAYER_SHAPES.items():
+        layer = with_bias(CondConv2d(cin, cout, k, stride, groups=groups, num_experts=3))
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(4, cin, 7, 7).contiguous(memory_format=layout).requires_grad_()
+            if not forms.applies(name, layer.weight, groups, x):
+                continue
+            r = torch.rand(4, 3, requires_grad=True)
+            args = (layer.weight, r, layer.bias, layer.stride, layer.padding, layer.groups)
+            out = form(x, *args)
+            want = naive(layer, x, r) + layer.bias[:, None, None]
+            torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5, msg=shape)
+            grad = torch.randn_like(out)
+            inputs = (x, r, layer.weight, layer.bias)
+            got, expected = (torch.autograd.grad(o, inputs, grad) for o in (out, want))
+            for g, w in zip(got, expected, strict=True):
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5, msg=shape)
+            ran.append(shape)
+    assert ran  # every form applies to some layer here
+
+
+def test_which_forms_apply():
+    x = torch.randn(2, 12, 5, 5).contiguous(memory_format=torch.channels_last)
+    depthwise, pointwise = CondConv2d(12, 12, 3, groups=12), CondConv2d(12, 8, 1, groups=2)
+    dense = CondConv2d(12, 8, 1)
+    applying = {
+        layer: {n for n in forms.FORMS if forms.applies(n, layer.weight, layer.groups, x)}
+        for layer in (depthwise, pointwise, dense)
+    }
+    compiled = {"native"} if native.kernel() is not None else set()
+    assert applying[depthwise] == {"grouped", "mixture"} | compiled
+    assert applying[pointwise] == {"grouped", "mixture", "matmul"}
+    assert applying[dense] == {"grouped", "mixture", "matmul", "rows", "stacked"}
+
+
+@pytest.mark.parametrize("name", [n for n in forms.FORMS if n != "native"])  # native: 3x3
+def test_forms_take_each_axis_own_stride_and_padding(name):
+    """Called on their own, the forms honour a stride and padding per axis, as F.conv2d does."""
+    weight, r = torch.randn(3, 10, 6, 1, 1), torch.rand(4, 3)
+    x = torch.randn(4, 6, 7, 9)
+    assert forms.applies(name, weight, 1, x)
+    out = forms.FORMS[name](x, weight, r, None, (2, 1), (1, 0), 1)
+    want = torch.cat(
+        [
+            F.conv2d(
+                x[i : i + 1],
+                (r[i, :, None, None, None, None] * weight).sum(0),
+                None,
+                (2, 1),
+                (1, 0),
+            )
+            for i in range(4)
+        ]
+    )
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)

@@ -31,11 +31,13 @@ def test_every_section_runs_on_the_cpu_and_prints_as_it_goes(capsys, tmp_path):
     assert headers == [*smoke.SECTIONS, "done: 7 sections ok, failed: none"]
     sections = dict(zip(smoke.SECTIONS, out.split("\n== ")[1:-1], strict=True))
     assert all("skipped: needs CUDA" in sections[name] for name in smoke.GPU_ONLY)
-    rows = [line.split(" | ") for line in sections["formulations"].splitlines() if "x16 |" in line]
+    table = sections["formulations"].splitlines()
+    rows = [line.split(" | ") for line in table if line.startswith("| ") and " x" in line]
     kinds = {(row[0].lstrip("| "), row[1]) for row in rows}
-    assert {("depthwise x16", "batched"), ("expand 1x1 x16", "stacked")} <= kinds
-    # The form the GPU runs keeps channels_last in every layer, and all forms agree.
-    assert all(row[3] == "True" for row in rows if row[1] == "batched")
+    assert {("depthwise x16", "mixture"), ("expand 1x1 x16", "stacked")} <= kinds
+    assert ("project 1x1 x16", "rows") in kinds and ("depthwise x16", "native") in kinds
+    # The forms the GPU runs keep channels_last in every layer, and all forms agree.
+    assert all(row[3] == "True" for row in rows if row[1] in ("rows", "mixture"))
     assert all(float(row[4].rstrip(" |")) < 1e-4 for row in rows)
     assert "the cap alone" in sections["cap"] and "over 6 routers" in sections["cap"]
     assert "momentum strides match the weights: True" in sections["resume"]

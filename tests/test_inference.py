@@ -9,6 +9,7 @@ import condnet
 from condnet.deploy.inference import PointwiseConv2d, channels_last_weights, prepare_inference
 from condnet.memory import retain_freed_memory
 from condnet.models.condconv import CondConv2d
+from condnet.models.condconv_forms import experts_channels_last
 
 TINY = {"widths": [8, 8, 16, 16, 24, 24], "repeats": 1, "head_channels": 32}
 
@@ -45,7 +46,7 @@ def test_channels_last_weights_converts_4d_and_5d_parameters_only():
     assert any(p.dim() == 5 for p in model.parameters())
     # The CondConv experts, (in, k, k, out) per expert: the mixing reads them with no copy.
     layer = next(m for m in model.modules() if isinstance(m, CondConv2d))
-    experts = layer._experts_channels_last()
+    experts = experts_channels_last(layer.weight)
     assert experts.data_ptr() == layer.weight.data_ptr() and experts.is_contiguous()
 
 

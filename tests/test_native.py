@@ -74,7 +74,7 @@ def test_disabled_or_failed_build_falls_back_to_the_grouped_conv(monkeypatch):
     x = torch.randn(4, 8, 6, 6).contiguous(memory_format=torch.channels_last)
     monkeypatch.setenv("CONDNET_NATIVE", "0")
     assert native.kernel() is None and "CONDNET_NATIVE=0" in native.why_not()
-    assert layer._auto_formulation(x) == "grouped"
+    assert layer.choose_form(x) == "grouped"
 
     monkeypatch.delenv("CONDNET_NATIVE")
     monkeypatch.setattr(native, "_loaded", {})
@@ -88,7 +88,7 @@ def test_disabled_or_failed_build_falls_back_to_the_grouped_conv(monkeypatch):
     )
     assert native.kernel() is None
     assert native.why_not() == "g++: command not found"
-    assert layer._auto_formulation(x) == "grouped"
+    assert layer.choose_form(x) == "grouped"
     r = torch.rand(4, 4)
     out = layer(x, r)
     layer.formulation = "grouped"

@@ -365,7 +365,7 @@ def test_shared_experts_start_as_one_plain_conv_scaled_by_the_routing_sum():
     from condnet.models.condconv import CondConv2d
     from condnet.models.net import init_experts
 
-    layer = CondConv2d(6, 10, 3, num_experts=4, formulation="grouped")
+    layer = CondConv2d(6, 10, 3, num_experts=4)
     torch.manual_seed(0)
     init_experts(layer, "shared")
     assert all(torch.equal(layer.weight[m], layer.weight[0]) for m in range(4))

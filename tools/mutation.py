@@ -77,6 +77,7 @@ class Mutation:
 IMG, SRC = "condnet/data/images.py", "condnet/data/sources.py"
 MET, EVL = "condnet/engine/metrics.py", "condnet/engine/evaluation.py"
 CC, FU = "condnet/models/condconv.py", "condnet/deploy/fuse.py"
+FORMS = "condnet/models/condconv_forms.py"
 SCH, RT = "condnet/engine/schedule.py", "condnet/engine/runtime.py"
 BT, PK = "condnet/data/batch_transforms.py", "condnet/data/safe_pickle.py"
 NATIVE_PY, POOL = "condnet/models/native/__init__.py", "condnet/models/pooling.py"
@@ -292,21 +293,21 @@ MUTATIONS = [
     # --- CondConv ------------------------------------------------------------------------------
     Mutation(
         "condconv: the stacked form's experts interleaved wrongly",
-        CC,
-        "weight = self.weight.transpose(0, 1).reshape(self.out_channels, -1, 1, 1)",
-        "weight = self.weight.reshape(self.out_channels, -1, 1, 1)",
+        FORMS,
+        "weight = weight.transpose(0, 1).reshape(weight.shape[1], -1, 1, 1)",
+        "weight = weight.reshape(weight.shape[1], -1, 1, 1)",
         CONDCONV,
     ),
     Mutation(
         "condconv: grouped bias repeated per channel instead of per example",
-        CC,
-        "self.bias.repeat(batch)",
-        "self.bias.repeat_interleave(batch)",
+        FORMS,
+        "bias.repeat(batch)",
+        "bias.repeat_interleave(batch)",
         CONDCONV,
     ),
     Mutation(
         "condconv: the mixture uses the first routing weight for every expert",
-        CC,
+        FORMS,
         "term = term * routing_weights[:, m, None, None, None]",
         "term = term * routing_weights[:, 0, None, None, None]",
         CONDCONV,
@@ -334,12 +335,10 @@ MUTATIONS = [
     ),
     Mutation(
         "condconv: batched 1x1 strides in the other order",
-        CC,
-        "x = x[:, :, :: self.stride[0], :: self.stride[1]]",
-        "x = x[:, :, :: self.stride[1], :: self.stride[0]]",
+        FORMS,
+        "return x[:, :, :: stride[0], :: stride[1]]",
+        "return x[:, :, :: stride[1], :: stride[0]]",
         CONDCONV,
-        equivalent="CondConv2d takes one `stride` for both axes (`self.stride = (stride, stride)`),"
-        " so the two entries are always equal.",
     ),
     Mutation(
         "routing: temperature multiplies the logits",
@@ -357,7 +356,7 @@ MUTATIONS = [
     ),
     Mutation(
         "condconv: an inference chunk leaves its last example out",
-        CC,
+        FORMS,
         "part = slice(start, start + chunk)",
         "part = slice(start, start + chunk - 1)",
         CONDCONV,
@@ -371,7 +370,7 @@ MUTATIONS = [
     ),
     Mutation(
         "native: auto sends NCHW maps to the channels_last kernel",
-        CC,
+        FORMS,
         "and x.is_contiguous(memory_format=torch.channels_last)\n        and not torch.jit",
         "and not torch.jit",
         NATIVE + CONDCONV,

@@ -3,10 +3,11 @@
 Every block has the same constructor signature, so the builder (and a user extending the
 registry) can swap them per stage:
 
-    Block(in_channels, out_channels, stride, *, expansion, kernel_size, se_ratio,
-          num_experts, routing, routing_activation, act_layer, norm_layer)
+    Block(in_channels, out_channels, stride, settings: BlockSettings)
 
-Each kind also states which of the stage options it uses (`options`); the registry answers
+`BlockSettings` carries the stage options (expansion, kernel size, SE ratio, experts, routing)
+and the activation and norm layers. Each kind also states which of the stage options it uses
+(`options`); the registry answers
 for it (`block_uses`), so that a spec can check what a block needs and refuse an override that
 no block of the network would use. Expanded width Ne = expansion * in_channels; identity path
 exactly when in == out and stride 1.
@@ -15,6 +16,7 @@ exactly when in == out and stride 1.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -54,8 +56,24 @@ class ConvNormAct(nn.Sequential):
         self.act = act_layer(inplace=True) if act_layer else nn.Identity()
 
 
+@dataclass(frozen=True)
+class BlockSettings:
+    """What a block is built with besides its widths and stride: the stage options (each kind
+    uses some, its `options`) and the activation and norm layers."""
+
+    expansion: int = 4
+    kernel_size: int = 3
+    se_ratio: int = 4
+    num_experts: int = 4
+    routing: str = "block"
+    routing_activation: str = "sigmoid"
+    act_layer: LayerFactory = nn.ReLU
+    norm_layer: LayerFactory = nn.BatchNorm2d
+
+
 class CondConvNormAct(nn.Module):
-    """CondConv2d, BN, optional activation; takes the routing weights beside the input."""
+    """CondConv2d, BN, the activation unless `act` is off; takes the routing weights beside
+    the input. With `settings.routing == "conv"` the CondConv has a router of its own."""
 
     def __init__(
         self,
@@ -65,13 +83,11 @@ class CondConvNormAct(nn.Module):
         stride: int = 1,
         *,
         groups: int = 1,
-        num_experts: int = 4,
-        own_routing: bool = False,
-        routing_activation: str = "sigmoid",
-        act_layer: LayerFactory | None = nn.ReLU,
-        norm_layer: LayerFactory = nn.BatchNorm2d,
+        settings: BlockSettings,
+        act: bool = True,
     ) -> None:
         super().__init__()
+        own = settings.routing_activation if settings.routing == "conv" else None
         self.conv = CondConv2d(
             in_channels,
             out_channels,
@@ -79,12 +95,11 @@ class CondConvNormAct(nn.Module):
             stride,
             None,
             groups,
-            num_experts=num_experts,
-            own_routing=own_routing,
-            routing_activation=routing_activation,
+            num_experts=settings.num_experts,
+            router=own,
         )
-        self.bn = norm_layer(out_channels)
-        self.act = act_layer(inplace=True) if act_layer else nn.Identity()
+        self.bn = settings.norm_layer(out_channels)
+        self.act = settings.act_layer(inplace=True) if act else nn.Identity()
 
     def forward(self, x: Tensor, routing_weights: Tensor | None = None) -> Tensor:
         return self.act(self.bn(self.conv(x, routing_weights)))
@@ -116,29 +131,24 @@ class StandardBlock(nn.Module):
         in_channels: int,
         out_channels: int,
         stride: int = 1,
-        *,
-        expansion: int = 4,
-        kernel_size: int = 3,
-        se_ratio: int = 4,
-        num_experts: int = 4,
-        routing: str = "block",
-        routing_activation: str = "sigmoid",
-        act_layer: LayerFactory = nn.ReLU,
-        norm_layer: LayerFactory = nn.BatchNorm2d,
+        settings: BlockSettings = BlockSettings(),
     ) -> None:
         super().__init__()
-        inner = in_channels * expansion
+        inner = in_channels * settings.expansion
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.has_identity = in_channels == out_channels and stride == 1
-        layer = dict(act_layer=act_layer, norm_layer=norm_layer)
+        layer = dict(act_layer=settings.act_layer, norm_layer=settings.norm_layer)
+        k = settings.kernel_size
         self.expand = ConvNormAct(in_channels, inner, 1, **layer)
-        self.depthwise = ConvNormAct(inner, inner, kernel_size, stride, groups=inner, **layer)
+        self.depthwise = ConvNormAct(inner, inner, k, stride, groups=inner, **layer)
         self.se = (
-            SqueezeExcite(inner, inner // se_ratio, act_layer)
+            SqueezeExcite(inner, inner // settings.se_ratio, settings.act_layer)
             if "se_ratio" in self.options
             else nn.Identity()
         )
-        self.project = ConvNormAct(inner, out_channels, 1, act_layer=None, norm_layer=norm_layer)
+        self.project = ConvNormAct(
+            inner, out_channels, 1, act_layer=None, norm_layer=settings.norm_layer
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.project(self.se(self.depthwise(self.expand(x))))
@@ -165,34 +175,23 @@ class CondConvBlock(nn.Module):
         in_channels: int,
         out_channels: int,
         stride: int = 1,
-        *,
-        expansion: int = 4,
-        kernel_size: int = 3,
-        se_ratio: int = 4,
-        num_experts: int = 4,
-        routing: str = "block",
-        routing_activation: str = "sigmoid",
-        act_layer: LayerFactory = nn.ReLU,
-        norm_layer: LayerFactory = nn.BatchNorm2d,
+        settings: BlockSettings = BlockSettings(),
     ) -> None:
         super().__init__()
-        inner = in_channels * expansion
+        inner = in_channels * settings.expansion
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.has_identity = in_channels == out_channels and stride == 1
-        own = routing == "conv"
-        self.routing = None if own else Routing(in_channels, num_experts, routing_activation)
-        cond = dict(
-            num_experts=num_experts,
-            own_routing=own,
-            routing_activation=routing_activation,
-            norm_layer=norm_layer,
+        shared = settings.routing != "conv"
+        self.routing = (
+            Routing(in_channels, settings.num_experts, settings.routing_activation)
+            if shared
+            else None
         )
-        self.expand = CondConvNormAct(in_channels, inner, 1, act_layer=act_layer, **cond)
-        self.depthwise = CondConvNormAct(
-            inner, inner, kernel_size, stride, groups=inner, act_layer=act_layer, **cond
-        )
-        self.se = SqueezeExcite(inner, inner // se_ratio, act_layer)
-        self.project = CondConvNormAct(inner, out_channels, 1, act_layer=None, **cond)
+        k = settings.kernel_size
+        self.expand = CondConvNormAct(in_channels, inner, 1, settings=settings)
+        self.depthwise = CondConvNormAct(inner, inner, k, stride, groups=inner, settings=settings)
+        self.se = SqueezeExcite(inner, inner // settings.se_ratio, settings.act_layer)
+        self.project = CondConvNormAct(inner, out_channels, 1, settings=settings, act=False)
 
     def forward(self, x: Tensor) -> Tensor:
         weights = self.routing(x) if self.routing is not None else None
