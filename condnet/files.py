@@ -6,12 +6,16 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from condnet.errors import CondnetError
 
+T = TypeVar("T")
 
-def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write` on a temporary file beside `path`, sync it, then rename it to `path`.
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], T]) -> T:
+    """Call `write` on a temporary file beside `path`, sync it, then rename it to `path`;
+    returns what `write` returned.
 
     A crash leaves either the previous file or the new one, never a partial one; the temporary
     file is removed on any exception, and is named ``.<name>.*.tmp`` (what a killed writer
@@ -23,13 +27,14 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> N
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        result = write(tmp)
         _fsync(tmp)  # the data on disk before the name points at it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    return result
 
 
 def _fsync(path: str) -> None:

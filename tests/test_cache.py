@@ -116,3 +116,19 @@ def test_data_cache_command_builds_what_a_run_then_reuses(tmp_path, capsys):
     assert (train_folder / "images.npy").stat().st_mtime_ns == built
     assert main(["data", "cache", "--set", "data.source=imagefolder"]) == 2  # one-line error
     assert "data.root" in capsys.readouterr().err
+
+
+def test_a_waiting_process_reads_the_cache_once_another_has_built_it(tmp_path, monkeypatch):
+    """DDP ranks other than 0 poll the folder until the builder's manifest is in place."""
+    from condnet.data.cache import wait_for_cache
+
+    split, folder, polls = array_split(count=8), tmp_path / "c", []
+
+    def sleep(seconds):  # each poll: the builder finishes after the second
+        polls.append(seconds)
+        if len(polls) == 2:
+            load_cached(split, folder, 64, 56)
+
+    monkeypatch.setattr(cache_module.time, "sleep", sleep)
+    cached = wait_for_cache(split, folder, 64, 56)
+    assert len(polls) == 2 and np.array_equal(cached.images, split.images)

@@ -102,6 +102,21 @@ def fingerprint(split: Split, size: int, longest: int) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a cache holds: short sides resized to `size`, long sides cut to `longest`, and the
+    source's fingerprint `key` (`fingerprint`)."""
+
+    size: int
+    longest: int
+    key: str
+
+    @classmethod
+    def of(cls, split: Split, size: int, crop: int) -> _Plan:
+        longest = long_side(size, crop)
+        return cls(size, longest, fingerprint(split, size, longest))
+
+
 def load_cached(
     split: Split,
     folder: Path,
@@ -111,42 +126,56 @@ def load_cached(
     on_bad_image: str = "skip",
     workers: int = 0,
     progress: bool = False,
-    report: bool = True,
-    build: bool = True,
 ) -> CachedSplit:
     """The split's cache in `folder`, built first when missing, stale or incomplete.
 
     Unreadable files are left out with one warning line each (`on_bad_image="error"`: the first
-    stops the build, and a cache that left files out is refused); `report` repeats their count
-    in one line when an existing cache is used. `build=False` waits for another process (DDP
-    rank 0) to build it: polling a file, not a collective, so a long build cannot time out the
-    process group.
+    stops the build, and a cache that left files out is refused); when an existing cache is
+    used their count is repeated in one line. `workers` decoding processes; `progress`: a bar.
     """
-    longest = long_side(size, crop)
-    key = fingerprint(split, size, longest)
-    cached, built = _open(folder, key), False
-    if cached is None and build:
-        with _build_lock(folder):
-            cached = _open(folder, key)  # another process may have built it meanwhile
-            if cached is None:
-                _build(split, folder, size, longest, key, on_bad_image, workers, progress)
-                cached, built = _open(folder, key), True
+    plan = _Plan.of(split, size, crop)
+    cached = _open(folder, plan.key)
+    if cached is not None:
+        _check_skipped(cached, folder, on_bad_image, warn=True)
+        return cached
+    with _build_lock(folder):
+        cached = _open(folder, plan.key)  # another process may have built it meanwhile
         if cached is None:
-            raise CondnetError(f"{folder}: the cache just written does not read back")
-    while cached is None:
+            _build(split, folder, plan, (on_bad_image, workers, progress))
+            cached = _open(folder, plan.key)
+            if cached is None:
+                raise CondnetError(f"{folder}: the cache just written does not read back")
+            return cached
+    _check_skipped(cached, folder, on_bad_image, warn=True)
+    return cached
+
+
+def wait_for_cache(
+    split: Split, folder: Path, size: int, crop: int, on_bad_image: str = "skip"
+) -> CachedSplit:
+    """The split's cache in `folder` once another process (DDP rank 0, `load_cached`) has
+    built it: polling the folder, not a collective, so a long build cannot time out the
+    process group."""
+    key = _Plan.of(split, size, crop).key
+    while (cached := _open(folder, key)) is None:
         time.sleep(1)
-        cached = _open(folder, key)
+    _check_skipped(cached, folder, on_bad_image, warn=False)
+    return cached
+
+
+def _check_skipped(cached: CachedSplit, folder: Path, on_bad_image: str, warn: bool) -> None:
+    """Refuse a cache that left files out under `on_bad_image="error"`; else (`warn`) say how
+    many it left out."""
     if cached.skipped and on_bad_image == "error":  # left out by an earlier build
         raise CondnetError(
             f"{cached.skipped[0]} (data.on_bad_image=error; left out of the cache in {folder})"
         )
-    if cached.skipped and report and not built:
+    if cached.skipped and warn:
         print(
             f"warning: {folder}: {len(cached.skipped)} unreadable images were left out "
             f"(listed in {MANIFEST})",
             file=sys.stderr,
         )
-    return cached
 
 
 def _open(folder: Path, key: str) -> CachedSplit | None:
@@ -177,48 +206,45 @@ def _build_lock(folder: Path) -> Iterator[None]:
         yield
 
 
-def _build(
-    split: Split,
-    folder: Path,
-    size: int,
-    longest: int,
-    key: str,
-    on_bad_image: str,
-    workers: int,
-    progress: bool,
-) -> None:
-    """Write the cache's files, the manifest last, under the build lock. Until the manifest is
-    renamed into place the folder reads as incomplete, whatever stops the build (kill -9, a
-    full disk, Ctrl-C); the next build removes what a killed one left."""
+def _build(split: Split, folder: Path, plan: _Plan, how: tuple[str, int, bool]) -> None:
+    """Write the cache's files, the manifest last, under the build lock (`how`: on_bad_image,
+    workers, progress). Until the manifest is renamed into place the folder reads as
+    incomplete, whatever stops the build (kill -9, a full disk, Ctrl-C); the next build
+    removes what a killed one left."""
+    on_bad_image, workers, progress = how
     (folder / MANIFEST).unlink(missing_ok=True)  # invalid from here until the new one is written
     fsync_dir(folder)
     for stale in folder.glob(".*.tmp"):  # a killed builder's files: no live builder holds the lock
         stale.unlink(missing_ok=True)
-    canvas = _canvas(split, size, longest)
+    canvas = _canvas(split, plan.size, plan.longest)
     decoded = tqdm(
-        _decoded(split, size, longest, workers),
+        _decoded(split, plan.size, plan.longest, workers),
         total=len(split),
         disable=not progress,
         desc=f"caching {folder.name}",
         leave=False,
         dynamic_ncols=True,
     )
-    found = []  # what the decoding kept: filled in by the images' writer
     try:
-        write_atomically(
+        sizes, kept, skipped = write_atomically(
             folder / "images.npy",
-            lambda tmp: found.append(_decode_into(tmp, decoded, len(split), canvas, on_bad_image)),
+            partial(
+                _decode_into,
+                decoded=decoded,
+                count=len(split),
+                canvas=canvas,
+                on_bad_image=on_bad_image,
+            ),
         )
-        sizes, kept, skipped = found[0]
         labels = np.asarray(split.labels, dtype=np.int64)[kept]
         write_atomically(folder / "sizes.npy", partial(_save_npy, array=sizes))
         write_atomically(folder / "labels.npy", partial(_save_npy, array=labels))
         manifest = {
             "version": VERSION,
-            "fingerprint": key,
+            "fingerprint": plan.key,
             "count": len(kept),
-            "size": size,
-            "long_side": longest,
+            "size": plan.size,
+            "long_side": plan.longest,
             "canvas": list(canvas),
             "skipped": skipped,
         }

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from condnet.config import Config
-from condnet.data.cache import CachedSplit, cache_folder, load_cached
+from condnet.data.cache import CachedSplit, cache_folder, load_cached, wait_for_cache
 from condnet.data.datasets import (
     ShardSampler,
     SplitDataset,
@@ -38,15 +38,17 @@ def split_data(
         train_set, val_set = make_datasets(cfg.data, split, split)
         return train_set if name == "train" else val_set
     # Rank 0 builds the cache when it is missing or stale; the others wait for it.
-    main = rt.dist.main
-    _, cached = _cached(cfg, split, name, progress=progress and main, build=main)
+    if rt.dist.main:
+        _, cached = _cached(cfg, split, name, progress=progress)
+    else:
+        d = cfg.data
+        folder = cache_folder(d, name, cfg.run.seed)
+        cached = wait_for_cache(split, folder, d.resize, d.crop, d.on_bad_image)
     return DeviceSplit.from_cache(cached, rt.device, rt.dist.rank, rt.dist.world)
 
 
-def _cached(
-    cfg: Config, split: Split, name: str, *, progress: bool, build: bool = True
-) -> tuple[Path, CachedSplit]:
-    """The cache folder of split `name` and its contents (built there first when `build`)."""
+def _cached(cfg: Config, split: Split, name: str, *, progress: bool) -> tuple[Path, CachedSplit]:
+    """The cache folder of split `name` and its contents (built there first when needed)."""
     d = cfg.data
     folder = cache_folder(d, name, cfg.run.seed)
     return folder, load_cached(
@@ -57,8 +59,6 @@ def _cached(
         on_bad_image=d.on_bad_image,
         workers=d.num_workers,
         progress=progress,
-        report=build,
-        build=build,
     )
 
 
