@@ -82,8 +82,7 @@ def write_checkpoint(
         model,
         CLASS_NAMES[: model.num_classes],
         eval_transform=transform,
-        optimizer={"state": {}, "param_groups": []},
-        epoch=3,
+        training={"optimizer": {"state": {}, "param_groups": []}, "epoch": 3},
     )
     save_checkpoint(state, path)
     return path

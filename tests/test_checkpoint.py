@@ -18,7 +18,7 @@ from tests.deploy_helpers import CLASS_NAMES, small_model
 
 def test_builder_writes_the_format_version_and_leaves_out_what_is_not_given(tmp_path):
     model = small_model("se")
-    state = checkpoint_state(model, CLASS_NAMES, epoch=0)
+    state = checkpoint_state(model, CLASS_NAMES, training={"epoch": 0})
     assert state[FORMAT_KEY] == FORMAT_VERSION
     assert {"model", "model_spec", "class_names", "epoch", "versions"} == set(state) - {FORMAT_KEY}
     save_checkpoint(state, tmp_path / "last.pt")

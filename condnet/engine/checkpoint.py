@@ -39,33 +39,33 @@ READABLE_FORMATS = (1, 2)  # 1: written before the key existed
 REQUIRED_KEYS = ("model", "model_spec", "class_names")
 
 
+# What a resume needs besides the weights, each at the top level of a checkpoint.
+TRAINING_KEYS = ("optimizer", "epoch", "rng", "metrics", "best_top1", "resumes")
+
+
 def checkpoint_state(
     model: CondNet,
     class_names: Sequence[str],
     *,
     eval_transform: TransformSpec | None = None,
     config: Config | None = None,
-    optimizer: dict[str, Any] | None = None,
-    epoch: int | None = None,
-    rng: dict[str, Any] | None = None,
-    metrics: list[dict[str, Any]] | None = None,
-    best_top1: float | None = None,
-    resumes: list[dict[str, Any]] | None = None,
+    training: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint of `model` as the trainer writes it; keys given as None are left out."""
+    """The checkpoint of `model` as the trainer writes it. `training` holds what a resume
+    needs (any of `TRAINING_KEYS`: the optimizer's state, the finished epoch, the generators,
+    the metrics records, the best top-1, the settings changed on resume); keys given as None
+    are left out."""
+    unknown = sorted(set(training or {}) - set(TRAINING_KEYS))
+    if unknown:
+        raise ValueError(f"checkpoint_state: unknown training keys {unknown}")
     state = {
         FORMAT_KEY: FORMAT_VERSION,
         "model": model.state_dict(),
         "model_spec": model.spec.to_dict(),
-        "optimizer": optimizer,
-        "epoch": epoch,
-        "rng": rng,
+        **{key: (training or {}).get(key) for key in TRAINING_KEYS},
         "config": config.to_dict() if config is not None else None,
         "class_names": list(class_names),
         "eval_transform": eval_transform.to_dict() if eval_transform is not None else None,
-        "metrics": metrics,
-        "best_top1": best_top1,
-        "resumes": resumes,
         "versions": {"condnet": __version__, "torch": str(torch.__version__)},
     }
     return {key: value for key, value in state.items() if value is not None}

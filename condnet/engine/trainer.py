@@ -360,17 +360,20 @@ def _saver(out: Path, ctx: EpochContext, *, class_names, resumes: list):
     def save(epoch: int, metrics: list, best_top1: float, best: bool) -> None:
         if not ctx.rt.dist.main:
             return
+        training = {
+            "optimizer": ctx.optimizer.state_dict(),
+            "epoch": epoch,
+            "rng": rng_state(),
+            "metrics": metrics,
+            "best_top1": best_top1,
+            "resumes": resumes,
+        }
         state = checkpoint_state(
             ctx.model,
             class_names,
             eval_transform=TransformSpec.from_config(ctx.cfg.data),
             config=ctx.cfg,
-            optimizer=ctx.optimizer.state_dict(),
-            epoch=epoch,
-            rng=rng_state(),
-            metrics=metrics,
-            best_top1=best_top1,
-            resumes=resumes,
+            training=training,
         )
         try:
             save_checkpoint(state, out / "last.pt")
