@@ -49,6 +49,7 @@ from condnet.complexity import profile
 from condnet.deploy.inference import channels_last_weights, prepare_inference
 from condnet.memory import retain_freed_memory
 from condnet.paper import NETWORKS
+from condnet.timing import time_call
 from timm_reference import build_timm
 
 BLOCKS = tuple(NETWORKS.values())
@@ -72,13 +73,8 @@ def train_step(model: nn.Module, optimizer, images: Tensor, labels: Tensor) -> N
 
 
 def timed(fn: Callable[[], object], iters: int) -> float:
-    """Median seconds of `iters` calls."""
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of `iters` calls (`condnet.timing`)."""
+    return time_call(fn, runs=iters, warmup=0).median
 
 
 class Contender:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ import condnet  # noqa: E402
 from compare_timm import environment  # noqa: E402
 from condnet.memory import retain_freed_memory  # noqa: E402
 from condnet.models import condconv_forms as forms  # noqa: E402
+from condnet.timing import time_call  # noqa: E402
 
 BATCH, EXPERTS = 64, 4
 # (in, out, size) of paper-condconv's 1x1 layers with the largest kernels against their maps.
@@ -36,13 +36,8 @@ POINTWISE = ((160, 640, 7), (640, 160, 7), (640, 320, 7), (80, 320, 14), (320, 8
 
 
 def fastest(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
+    """Milliseconds of the fastest of `repeats` calls after one untimed (`condnet.timing`)."""
+    return time_call(fn, runs=repeats).fastest * 1e3
 
 
 def products(rows, routing, experts, shape, chunk: int):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,19 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_timm import environment  # noqa: E402
 from condnet.memory import retain_freed_memory  # noqa: E402
 from condnet.models import native  # noqa: E402
+from condnet.timing import time_call  # noqa: E402
 
 # (channels, size, stride) of paper-condconv's depthwise layers at 56 px, one of each kind.
 SHAPES = ((64, 56, 1), (96, 56, 2), (160, 28, 1), (320, 14, 1), (640, 7, 1))
 
 
 def fastest(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
+    """Milliseconds of the fastest of `repeats` calls after one untimed (`condnet.timing`)."""
+    return time_call(fn, runs=repeats).fastest * 1e3
 
 
 def grouped(x, kernels, stride):

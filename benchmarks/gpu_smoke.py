@@ -63,6 +63,7 @@ from condnet.models import build_model  # noqa: E402
 from condnet.models import condconv_forms as forms  # noqa: E402
 from condnet.models.condconv import CondConv2d  # noqa: E402
 from condnet.models.layout import channels_last_weights  # noqa: E402
+from condnet.timing import time_call  # noqa: E402
 
 SECTIONS = ("tests", "formulations", "cap", "syncs", "resume", "compiled", "gpu_train")
 GPU_ONLY = ("tests", "syncs")  # the CUDA tests themselves; sync counting needs CUDA
@@ -244,10 +245,8 @@ def layer_forms(layer: CondConv2d, x: torch.Tensor) -> dict[str, Callable]:
 
 
 def median_seconds(fn: Callable[[], object], min_run_time: float) -> float:
-    """The median time of `fn()` (torch.utils.benchmark: CUDA synchronised, warmed up)."""
-    from torch.utils.benchmark import Timer  # its import warns on a machine without CUDA
-
-    return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+    """The median time of `fn()` over blocks of calls filling `min_run_time` (`condnet.timing`)."""
+    return time_call(fn, min_seconds=min_run_time).median
 
 
 def fwd_bwd(fn: Callable, x: torch.Tensor, r: torch.Tensor, amp: bool) -> torch.Tensor:

@@ -9,13 +9,18 @@ multiply-adds with the mixed per-example kernels. Minimum of 7 runs; err: the la
 difference from the mixture computed by PyTorch.
 """
 
+import sys
 import tempfile
-import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from condnet.timing import time_call  # noqa: E402
 
 M = 4
 
@@ -94,12 +99,8 @@ def main() -> None:
             feed = {"x": x.numpy(), "r": r.numpy()}
             out = sess.run(None, feed)[0]
             err = np.abs(out - ref.detach().numpy()).max()
-            ts = []
-            for _ in range(7):
-                s = time.perf_counter()
-                sess.run(None, feed)
-                ts.append(time.perf_counter() - s)
-            res[name] = (min(ts) * 1e3, err)
+            fastest = time_call(lambda: sess.run(None, feed), runs=7, warmup=0).fastest  # noqa: B023
+            res[name] = (fastest * 1e3, err)
         print(
             (C, H, st), {k: f"{v[0]:.1f} ms (err {v[1]:.1e})" for k, v in res.items()}, flush=True
         )

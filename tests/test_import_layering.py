@@ -8,7 +8,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "condnet"
 
 # From the bottom up. The root package (the public names) sits on top of everything.
 LAYERS = (
-    ("condnet.errors", "condnet.version", "condnet.files", "condnet.memory", "condnet.paper"),
+    (
+        "condnet.errors",
+        "condnet.version",
+        "condnet.files",
+        "condnet.memory",
+        "condnet.paper",
+        "condnet.timing",
+    ),
     ("condnet.models",),
     ("condnet.config", "condnet.complexity"),
     ("condnet.data",),

@@ -9,9 +9,7 @@ is reported, so one slow outlier (a page fault, another process) does not move t
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from condnet.deploy.bundle import Bundle
 from condnet.deploy.inference import prepare_inference
 from condnet.errors import CondnetError
 from condnet.models import CondNet
+from condnet.timing import time_call
 
 BACKENDS = ("eager", "fused", "compile", "onnxruntime")
 DEVICES = ("cpu", "cuda")
@@ -62,9 +61,9 @@ def bench(
             run = _runner(model, backend, device, resolution, Path(workdir))
             for batch in batches:
                 images = torch.randn(batch, model.spec.in_channels, resolution, resolution)
-                seconds = _median_seconds(
-                    run, images.to(device), device=device, iters=iters, warmup=warmup
-                )
+                images = images.to(device)
+                timed = time_call(lambda: run(images), runs=iters, warmup=warmup)  # noqa: B023
+                seconds = timed.median
                 timings.append(Timing(backend, batch, seconds * 1e3, batch / seconds))
     return timings
 
@@ -104,23 +103,6 @@ def _runner(
             return module(images)
 
     return forward
-
-
-def _median_seconds(
-    run: Callable[[Tensor], Any], images: Tensor, *, device: str, iters: int, warmup: int
-) -> float:
-    for _ in range(warmup):
-        run(images)
-    times = []
-    for _ in range(iters):
-        if device == "cuda":
-            torch.cuda.synchronize()  # time this pass alone, not queued work
-        start = time.perf_counter()
-        run(images)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def format_timings(timings: Sequence[Timing], header: str) -> str:
