@@ -260,14 +260,34 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = N
     return from_dict(read_config_file(path), overrides)
 
 
-def read_config_file(path: str | Path | None) -> Any:
-    """The YAML data of a config file, not yet validated (None: no file, no settings)."""
+def read_config_file(path: str | Path | None, _seen: tuple[Path, ...] = ()) -> Any:
+    """The YAML data of a config file, not yet validated (None: no file, no settings).
+
+    A file may start from another: ``base: FILE`` (relative to the file) reads that one first
+    and then sets this file's values over it, section by section (a key this file gives
+    replaces the base's; a section it leaves out is the base's)."""
     if path is None:
         return {}
     path = Path(path)
     if not path.is_file():
         raise CondnetError(f"config file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise CondnetError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    base = path.parent / str(data.pop("base"))
+    if base.resolve() in _seen:
+        raise CondnetError(f"{path}: base {base} leads back to itself")
+    return _deep_merge(read_config_file(base, (*_seen, path.resolve())), data)
+
+
+def _deep_merge(base: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `data` set over it, nested mappings merged key by key."""
+    merged = dict(base) if isinstance(base, Mapping) else {}
+    for key, value in data.items():
+        inner = merged.get(key)
+        both = isinstance(value, Mapping) and isinstance(inner, Mapping)
+        merged[key] = _deep_merge(inner, value) if both else value
+    return merged
