@@ -45,9 +45,9 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import condnet
-from condnet.complexity import profile
 from condnet.deploy.inference import channels_last_weights, prepare_inference
 from condnet.memory import retain_freed_memory
+from condnet.models.complexity import profile
 from condnet.paper import NETWORKS
 from condnet.timing import time_call
 from timm_reference import build_timm

@@ -40,8 +40,8 @@ import yaml
 from routing_study import compression  # experiments/routing_study.py, beside this script
 from scipy import stats
 
-from condnet.engine.diagnostics import read_routing
 from condnet.engine.metrics import read_metrics
+from condnet.engine.routing_log import read_routing
 from condnet.engine.runtime import device_name
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,8 +26,8 @@ from statistics import mean
 
 import torch
 
-from condnet.engine.diagnostics import read_routing
 from condnet.engine.metrics import read_metrics
+from condnet.engine.routing_log import read_routing
 from condnet.engine.runtime import device_name
 
 ROOT = Path(__file__).resolve().parents[1]

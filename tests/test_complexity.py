@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import condnet
 from condnet.cli import main
-from condnet.complexity import profile
+from condnet.models.complexity import profile
 from condnet.models.condconv import set_formulation
 
 # The paper's Table 4 (Block A) as the code counts it, its misprints corrected (see the notes

@@ -9,13 +9,10 @@ import torch
 from helpers import tiny_config
 
 from condnet.cli import main
-from condnet.engine.diagnostics import (
-    RoutingMonitor,
-    mixed_kernel_norms,
-    read_routing,
-    routing_figures,
-)
+from condnet.engine.diagnostics import RoutingMonitor
 from condnet.engine.evaluation import evaluate
+from condnet.engine.routing_log import read_routing
+from condnet.engine.routing_stats import mixed_kernel_norms, routing_figures
 from condnet.engine.trainer import build_network, resume_config, train
 from condnet.models.condconv import CondConv2d
 

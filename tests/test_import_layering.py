@@ -17,7 +17,7 @@ LAYERS = (
         "condnet.timing",
     ),
     ("condnet.models",),
-    ("condnet.config", "condnet.complexity"),
+    ("condnet.config",),
     ("condnet.data",),
     ("condnet.engine",),
     ("condnet.deploy", "condnet.report"),

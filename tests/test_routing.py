@@ -229,8 +229,8 @@ def test_files_without_a_temperature_still_load():
 
 
 def test_router_gradients_capped_relative_to_their_experts():
-    from condnet.engine.diagnostics import grad_to_weight
     from condnet.engine.routing_rates import clip_relative
+    from condnet.engine.routing_stats import grad_to_weight
 
     router = [torch.full((4, 3), 0.5), torch.zeros(4)]  # ||w|| = sqrt(3)
     experts = [torch.ones(2, 8)]  # ||w|| = 4
@@ -245,8 +245,8 @@ def test_router_gradients_capped_relative_to_their_experts():
 
 
 def test_auto_rate_matches_each_router_to_its_experts():
-    from condnet.engine.diagnostics import grad_to_weight
     from condnet.engine.routing_rates import calibrate, needs_calibration
+    from condnet.engine.routing_stats import grad_to_weight
 
     router = [nn.Parameter(torch.full((4, 3), 0.5)), nn.Parameter(torch.zeros(4))]
     experts = [nn.Parameter(torch.ones(2, 8))]

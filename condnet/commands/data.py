@@ -36,7 +36,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    from condnet.engine.loaders import build_caches  # brings in torch only when needed
+    from condnet.data.datasets import build_caches  # brings in torch only when needed
 
     cfg = load_config(args.config, parse_assignments(args.set))
     for name, (folder, cached) in build_caches(cfg, progress=sys.stderr.isatty()).items():

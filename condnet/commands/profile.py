@@ -4,9 +4,9 @@ import argparse
 import json
 
 from condnet.commands.common import add_set_option, parse_model_overrides
-from condnet.complexity import format_profile, profile
 from condnet.errors import CondnetError
 from condnet.models import build_model
+from condnet.models.complexity import format_profile, profile
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from condnet.config import DataConfig
+from condnet.config import Config, DataConfig
 from condnet.data import sources
+from condnet.data.cache import CachedSplit, cache_folder, load_cached, wait_for_cache
 from condnet.data.images import BadImage, load_rgb
 from condnet.data.sources import Split
 from condnet.data.tensor_loader import IGNORE
@@ -160,3 +161,36 @@ def make_loader(
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
     )
+
+
+def cache_split(
+    cfg: Config, split: Split, name: str, *, progress: bool = False
+) -> tuple[Path, CachedSplit]:
+    """The tensor pipeline's cache of split `name` ("train" or "val") of the data `cfg`
+    describes: its folder and contents, built there first when missing or stale."""
+    d = cfg.data
+    folder = cache_folder(d, name, cfg.run.seed)
+    return folder, load_cached(
+        split,
+        folder,
+        d.resize,
+        d.crop,
+        on_bad_image=d.on_bad_image,
+        workers=d.num_workers,
+        progress=progress,
+    )
+
+
+def wait_for_split_cache(cfg: Config, split: Split, name: str) -> CachedSplit:
+    """`cache_split`'s contents once another process (DDP rank 0) has built them."""
+    d = cfg.data
+    return wait_for_cache(
+        split, cache_folder(d, name, cfg.run.seed), d.resize, d.crop, d.on_bad_image
+    )
+
+
+def build_caches(cfg: Config, progress: bool = False) -> dict[str, tuple[Path, CachedSplit]]:
+    """Both splits decoded into the tensor pipeline's cache now, as a run of `cfg` would on
+    its start (reused when current): {"train": (folder, cache), "val": (folder, cache)}."""
+    splits = zip(("train", "val"), load_splits(cfg.data, cfg.run.seed), strict=True)
+    return {name: cache_split(cfg, split, name, progress=progress) for name, split in splits}

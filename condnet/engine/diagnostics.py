@@ -13,26 +13,29 @@ is set), the norm of the per-example mixed kernel relative to the experts' (1 at
 initialisation; 0 when every routing weight is 0), and the smallest and largest BN running
 variance in the block.
 
-Everything stays on the device until the epoch ends (one host copy per epoch). `RoutingLog`
-appends the records to `routing.jsonl` in the run folder, one JSON object per line.
+Everything stays on the device until the epoch ends (one host copy per epoch).
+`condnet.engine.routing_log.RoutingLog` appends the records to the run folder. The blocks are
+found by `condnet.engine.routing_probes`, the figures computed by
+`condnet.engine.routing_stats`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from condnet.models.blocks import BLOCKS
-from condnet.models.condconv import CondConv2d, Routing
+from condnet.engine.routing_probes import BlockProbe, blocks_with_routing, probe
+from condnet.engine.routing_stats import (
+    example_figures,
+    grad_to_weight,
+    mixed_kernel_norms,
+    routing_figures,
+)
+from condnet.models.condconv import Routing
 
-LOW, HIGH = 0.05, 0.95
 VAL_KEYS = ("mean", "std", "example_std", "low", "high", "entropy")
 TRAIN_KEYS = (
     "mean",
@@ -49,97 +52,6 @@ TRAIN_KEYS = (
 )
 
 
-@dataclass
-class BlockProbe:
-    """One block's routers, the CondConvs they route (with each one's router) and its BNs."""
-
-    name: str
-    routers: list[Routing]
-    convs: list[tuple[CondConv2d, int]]  # (layer, index of its router in `routers`)
-    norms: list[nn.BatchNorm2d]
-    outputs: dict[int, Tensor] = field(default_factory=dict)  # router index -> last output
-
-    def weights(self) -> Tensor:
-        """The last forward's routing weights, (batch, routers * experts)."""
-        return torch.cat([self.outputs[i] for i in range(len(self.routers))], dim=1)
-
-
-def _blocks_with_routing(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The registered blocks of `model` that hold routers (else each module owning routers)."""
-    kinds = tuple(BLOCKS.values())
-    found = [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(m, kinds) and any(isinstance(c, Routing) for c in m.modules())
-    ]
-    if not found:  # a model of the user's own: each module owning routers directly
-        found = [
-            (n, m)
-            for n, m in model.named_modules()
-            if any(isinstance(c, Routing) for c in m.children())
-        ]
-    return found
-
-
-def _probe(name: str, block: nn.Module) -> BlockProbe:
-    routers = [m for m in block.modules() if isinstance(m, Routing)]
-    shared = getattr(block, "routing", None)
-    convs = []
-    for layer in (m for m in block.modules() if isinstance(m, CondConv2d)):
-        router = layer.router if layer.router is not None else shared
-        convs.append((layer, routers.index(router)))
-    norms = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
-    return BlockProbe(name, routers, convs, norms)
-
-
-def routing_figures(weights: Tensor, num_experts: int) -> Tensor:
-    """[mean, low, high, entropy] of routing weights (batch, routers * experts), on the device."""
-    return example_figures(weights, num_experts).mean(0)
-
-
-def example_figures(weights: Tensor, num_experts: int) -> Tensor:
-    """`routing_figures` of each example: (batch, 4), on the device."""
-    grouped = weights.float().reshape(weights.shape[0], -1, num_experts)
-    share = grouped / grouped.sum(-1, keepdim=True).clamp_min(1e-12)
-    entropy = (
-        -(share * share.clamp_min(1e-12).log()).sum(-1) / math.log(num_experts)
-        if num_experts > 1
-        else share[..., 0] * 0 + 1
-    )
-    return torch.stack(
-        [
-            grouped.mean((1, 2)),
-            (grouped < LOW).float().mean((1, 2)),
-            (grouped > HIGH).float().mean((1, 2)),
-            entropy.mean(1),
-        ],
-        dim=1,
-    )
-
-
-def mixed_kernel_norms(layer: CondConv2d, weights: Tensor) -> Tensor:
-    """Per example, ``||sum_m r_m W_m|| / sqrt(mean_m ||W_m||^2)``, from the experts' Gram
-    matrix."""
-    experts = layer.weight.detach().float().reshape(layer.num_experts, -1)
-    gram = experts @ experts.T
-    squared = torch.einsum("nm,mk,nk->n", weights.float(), gram, weights.float())
-    return (squared.clamp_min(0) / gram.diagonal().mean().clamp_min(1e-30)).sqrt()
-
-
-def grad_to_weight(params: list[Tensor]) -> Tensor:
-    """||gradient|| / ||weight|| over `params` (0 when none has a gradient yet)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    grad = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
-    )
-    weight = torch.linalg.vector_norm(
-        torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in params])
-    )
-    return grad / weight.clamp_min(1e-30)
-
-
 class RoutingMonitor:
     """Collects the statistics above for every block of `model` that routes (see module doc).
 
@@ -149,7 +61,7 @@ class RoutingMonitor:
     """
 
     def __init__(self, model: nn.Module, num_classes: int, every: int = 10) -> None:
-        self.blocks = [_probe(name, block) for name, block in _blocks_with_routing(model)]
+        self.blocks = [probe(name, block) for name, block in blocks_with_routing(model)]
         self.num_experts = self.blocks[0].routers[0].fc.out_features if self.blocks else 1
         self.num_classes, self.every = num_classes, max(every, 1)
         self._hooks = [
@@ -307,43 +219,3 @@ class RoutingMonitor:
             {"block": block.name, **dict(zip(keys, row, strict=True))}
             for block, row in zip(self.blocks, rows, strict=True)
         ]
-
-
-def routed_experts(model: nn.Module) -> list[tuple[Routing, list[Tensor]]]:
-    """Every router of `model` with the expert weights of the CondConvs it routes."""
-    pairs = []
-    for name, block in _blocks_with_routing(model):
-        probe = _probe(name, block)
-        for i, router in enumerate(probe.routers):
-            pairs.append((router, [conv.weight for conv, j in probe.convs if j == i]))
-    return pairs
-
-
-def has_routing(model: nn.Module) -> bool:
-    return any(isinstance(m, Routing) for m in model.modules())
-
-
-class RoutingLog:
-    """`routing.jsonl` in a run folder: appended per epoch, cut back on resume."""
-
-    def __init__(self, out: Path) -> None:
-        self.path = Path(out) / "routing.jsonl"
-
-    def append(self, records: list[dict[str, Any]]) -> None:
-        if not records:
-            return
-        with self.path.open("a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-
-    def truncate(self, epochs: int) -> None:
-        """Keep the records of the first `epochs` epochs (a resumed run rewrites the rest)."""
-        if self.path.exists():
-            kept = [r for r in read_routing(self.path.parent) if r["epoch"] < epochs]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-
-
-def read_routing(out: str | Path) -> list[dict[str, Any]]:
-    path = Path(out) / "routing.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

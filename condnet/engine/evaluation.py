@@ -9,7 +9,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from condnet.config import from_dict
 from condnet.data.datasets import load_splits
@@ -18,22 +17,9 @@ from condnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from condnet.engine.diagnostics import RoutingMonitor
 from condnet.engine.loaders import Loader, eval_loader, split_data
 from condnet.engine.metrics import correct_topk
+from condnet.engine.progress import count_bad_images, progress_bar
 from condnet.engine.runtime import Runtime, make_runtime, place_model
 from condnet.errors import CondnetError
-
-
-def progress_bar(iterable, total: int, desc: str, enabled: bool) -> Any:
-    """`iterable` with a progress bar on stderr when `enabled`."""
-    return tqdm(
-        iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True
-    )
-
-
-def count_bad_images(messages: list[str], on_bad_image: str) -> int:
-    """Count unreadable images; with data.on_bad_image=error, stop at the first."""
-    if messages and on_bad_image == "error":
-        raise CondnetError(f"{messages[0]} (data.on_bad_image=error)")
-    return len(messages)
 
 
 @torch.no_grad()

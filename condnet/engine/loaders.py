@@ -7,20 +7,18 @@ rank its shard) and transformed there in whole batches (`condnet.data.tensor_loa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from condnet.config import Config
-from condnet.data.cache import CachedSplit, cache_folder, load_cached, wait_for_cache
 from condnet.data.datasets import (
     ShardSampler,
     SplitDataset,
     balanced_indices,
-    load_splits,
+    cache_split,
     make_datasets,
     make_loader,
+    wait_for_split_cache,
 )
 from condnet.data.sources import Split
 from condnet.data.tensor_loader import DeviceSplit, TensorLoader
@@ -39,34 +37,10 @@ def split_data(
         return train_set if name == "train" else val_set
     # Rank 0 builds the cache when it is missing or stale; the others wait for it.
     if rt.dist.main:
-        _, cached = _cached(cfg, split, name, progress=progress)
+        _, cached = cache_split(cfg, split, name, progress=progress)
     else:
-        d = cfg.data
-        folder = cache_folder(d, name, cfg.run.seed)
-        cached = wait_for_cache(split, folder, d.resize, d.crop, d.on_bad_image)
+        cached = wait_for_split_cache(cfg, split, name)
     return DeviceSplit.from_cache(cached, rt.device, rt.dist.rank, rt.dist.world)
-
-
-def _cached(cfg: Config, split: Split, name: str, *, progress: bool) -> tuple[Path, CachedSplit]:
-    """The cache folder of split `name` and its contents (built there first when needed)."""
-    d = cfg.data
-    folder = cache_folder(d, name, cfg.run.seed)
-    return folder, load_cached(
-        split,
-        folder,
-        d.resize,
-        d.crop,
-        on_bad_image=d.on_bad_image,
-        workers=d.num_workers,
-        progress=progress,
-    )
-
-
-def build_caches(cfg: Config, progress: bool = False) -> dict[str, tuple[Path, CachedSplit]]:
-    """Both splits decoded into the tensor pipeline's cache now, as a run of `cfg` would on
-    its start (reused when current): {"train": (folder, cache), "val": (folder, cache)}."""
-    splits = zip(("train", "val"), load_splits(cfg.data, cfg.run.seed), strict=True)
-    return {name: _cached(cfg, split, name, progress=progress) for name, split in splits}
 
 
 def train_loader(

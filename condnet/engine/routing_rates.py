@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from condnet.config import TrainConfig
-from condnet.engine.diagnostics import grad_to_weight, routed_experts
+from condnet.engine.routing_probes import routed_experts
+from condnet.engine.routing_stats import grad_to_weight
 from condnet.models.condconv import Routing
 
 

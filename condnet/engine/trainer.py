@@ -18,11 +18,14 @@ from condnet.data.datasets import load_splits
 from condnet.data.transforms import TransformSpec
 from condnet.engine import distributed
 from condnet.engine.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
-from condnet.engine.diagnostics import RoutingLog, RoutingMonitor, has_routing
-from condnet.engine.evaluation import count_bad_images, evaluate, progress_bar
+from condnet.engine.diagnostics import RoutingMonitor
+from condnet.engine.evaluation import evaluate
 from condnet.engine.loaders import Loader, eval_loader, eval_subset, split_data, train_loader
 from condnet.engine.metrics import MetricsLog, truncate_metrics
+from condnet.engine.progress import count_bad_images, progress_bar
 from condnet.engine.resume import apply_optimizer_settings, check_resume, check_resume_overrides
+from condnet.engine.routing_log import RoutingLog
+from condnet.engine.routing_probes import has_routing
 from condnet.engine.routing_rates import RouterRates
 from condnet.engine.runtime import (
     Runtime,

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 import yaml
 
-from condnet.complexity import KIND_TITLES, profile
 from condnet.config import Config
 from condnet.engine.runtime import device_name
 from condnet.models import StageSpec, list_models
+from condnet.models.complexity import KIND_TITLES, profile
 from condnet.report.plots import plot_curves
 from condnet.report.runs import Run, find_runs
 

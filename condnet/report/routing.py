@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 
-from condnet.engine.diagnostics import read_routing  # noqa: E402
+from condnet.engine.routing_log import ROUTING_FILE, read_routing  # noqa: E402
 from condnet.errors import CondnetError  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def routing_records(folder: str | Path) -> list[dict[str, Any]]:
     records = read_routing(folder)
     if not any(r["phase"] == "val" for r in records):
         raise CondnetError(
-            f"{folder}: no routing.jsonl with an evaluated epoch (only CondConv runs write one)"
+            f"{folder}: no {ROUTING_FILE} with an evaluated epoch (only CondConv runs write one)"
         )
     return records
 
@@ -101,7 +101,7 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> Path:
     """The training-side diagnostics per block over the sampled steps."""
     samples = [r for r in records if r["phase"] == "train"]
     if not samples:
-        raise CondnetError("routing.jsonl has no training samples (run.routing_stats_every=0?)")
+        raise CondnetError(f"{ROUTING_FILE} has no training samples (run.routing_stats_every=0?)")
     steps = {}
     for r in samples:
         steps[r["epoch"]] = max(steps.get(r["epoch"], 0), r["step"] + 1)
