@@ -10,9 +10,8 @@ import torch
 import condnet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from deploy_helpers import trained_like
-
 import compare_timm
+from tests.deploy_helpers import trained_like
 from timm_reference import build_timm, copy_condnet_weights, timm_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -30,7 +30,7 @@ TABLE4_ROWS = [
 ]
 
 
-def test_cli_json_reproduces_spec_section_3(capsys):
+def test_cli_json_reproduces_paper_table_4(capsys):
     assert main(["profile", "--model", "paper-standard", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     rows = [(r["name"], r["repeat"], r["macs"], r["coefficients"]) for r in result["rows"]]

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from helpers import tiny_config
 
 from condnet.cli import main
 from condnet.engine.diagnostics import RoutingMonitor
@@ -15,6 +14,7 @@ from condnet.engine.routing_log import read_routing
 from condnet.engine.routing_stats import mixed_kernel_norms, routing_figures
 from condnet.engine.trainer import build_network, resume_config, train
 from condnet.models.condconv import CondConv2d
+from tests.helpers import tiny_config
 
 
 def test_routing_figures_by_hand():

@@ -6,7 +6,6 @@ import sys
 import onnx
 import pytest
 import torch
-from deploy_helpers import CLASS_NAMES, EVAL_TRANSFORM, small_model, trained_like, write_checkpoint
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -20,6 +19,13 @@ from condnet.deploy.weights import save_weights
 from condnet.engine.checkpoint import checkpoint_state, save_checkpoint
 from condnet.errors import CondnetError
 from condnet.models.layout import channels_last_weights
+from tests.deploy_helpers import (
+    CLASS_NAMES,
+    EVAL_TRANSFORM,
+    small_model,
+    trained_like,
+    write_checkpoint,
+)
 
 
 @pytest.mark.parametrize("name", condnet.list_models())

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from deploy_helpers import small_model, trained_like
 from torch import nn
 
 import condnet
 from condnet.deploy.fuse import fold_batch_norm, fuse
 from condnet.models.blocks import block_uses
 from condnet.models.condconv import CondConv2d
+from tests.deploy_helpers import small_model, trained_like
 
 BLOCKS = ["standard", "se", "condconv"]
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from deploy_helpers import calibrate_batch_norms
 
 import condnet
 from condnet.cli import main
+from tests.deploy_helpers import calibrate_batch_norms
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("CONDNET_UPDATE_GOLDEN") == "1"

@@ -52,7 +52,7 @@ def test_shape_finite_and_every_parameter_gets_a_gradient(name):
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_parameter_count_matches_spec(name):
+def test_parameter_count_matches_the_analytic_count_of_table_1(name):
     kind = name.removeprefix("paper-")
     model = condnet.build_model(name)
     assert sum(p.numel() for p in model.parameters()) == analytic_params(kind)
@@ -64,7 +64,7 @@ def test_known_parameter_totals():
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_layers_match_spec_section_2(name):
+def test_layers_match_paper_table_1_and_figure_2(name):
     model = condnet.build_model(name)
     kind = name.removeprefix("paper-")
     stem = model.stem.conv
@@ -212,7 +212,8 @@ def test_overfits_a_small_batch(name):
     model = condnet.build_model(name, num_classes=4)
     x, y = torch.randn(8, 3, 24, 24), torch.arange(8) % 4
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(40):
+    # 60 steps: at 40, Adam's loss on block C can still be in a spike on two threads (0.29).
+    for _ in range(60):
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()

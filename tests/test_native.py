@@ -7,9 +7,17 @@ import torch.nn.functional as F
 from condnet.models import native
 from condnet.models.condconv import CondConv2d
 
-needs_kernel = pytest.mark.skipif(
-    native.kernel() is None, reason=f"no compiled kernel here: {native.why_not()}"
-)
+@pytest.fixture
+def kernel():
+    """The compiled kernel, built or loaded when a test first needs it (not at collection:
+    a first build takes about 40 s); a machine without a compiler skips what needs it."""
+    module = native.kernel()
+    if module is None:
+        pytest.skip(f"no compiled kernel here: {native.why_not()}")
+    return module
+
+
+needs_kernel = pytest.mark.usefixtures("kernel")
 
 
 def grouped_reference(x, kernels, bias, stride, pad):

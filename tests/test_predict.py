@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from deploy_helpers import CLASS_NAMES, EVAL_TRANSFORM, small_model, write_checkpoint
 from PIL import Image
 
 from condnet.cli import main
@@ -19,6 +18,7 @@ from condnet.deploy.bundle import Bundle
 from condnet.deploy.export import export_onnx
 from condnet.deploy.predict import Failure, Prediction, load_classifier, predict
 from condnet.deploy.weights import save_weights
+from tests.deploy_helpers import CLASS_NAMES, EVAL_TRANSFORM, small_model, write_checkpoint
 
 
 def _gray16(picture: Image.Image) -> Image.Image:

@@ -3,8 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from deploy_helpers import SMALL, small_model, trained_like
-from helpers import tiny_config
 from torch import nn
 
 import condnet
@@ -25,6 +23,8 @@ from condnet.engine.trainer import (
 from condnet.errors import CondnetError
 from condnet.models.condconv import Routing
 from condnet.models.net import init_routers
+from tests.deploy_helpers import SMALL, small_model, trained_like
+from tests.helpers import tiny_config
 
 OPTIONS = [("sigmoid", 1.0), ("sigmoid", 7.0), ("softmax", 1.0), ("softmax", 7.0)]
 INITS = ["small", "reference"]
