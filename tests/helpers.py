@@ -18,6 +18,7 @@ from condnet.config import Config, from_dict
 from condnet.data.cache import load_cached
 from condnet.data.sources import Split
 from condnet.data.tensor_loader import DeviceSplit
+from condnet.engine.trainer import train
 
 TINY_MODEL = {"widths": [8, 8, 16, 16, 24, 24], "repeats": 1, "head_channels": 32}
 # A small real task: 1,024 Fashion-MNIST training images at 28 px, three epochs (chance: 10 %).
@@ -247,6 +248,52 @@ def png_declaring(path: Path, width: int, height: int) -> None:
     data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
     data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
     path.write_bytes(bytes(data))
+
+
+def write_odd_images(folder: Path) -> list[Path]:
+    """Valid images in every awkward mode; returns their paths."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    files = {
+        "alpha.png": rgb.convert("RGBA"),
+        "palette.png": rgb.convert("P"),
+        "cmyk.jpg": rgb.convert("CMYK"),
+        "gray.png": rgb.convert("L"),
+        "tiny.png": rgb.resize((10, 10)),
+        "deep.png": Image.fromarray((rng.integers(0, 65535, (30, 40))).astype(np.uint16)),
+        "photo.webp": rgb,
+        "photo.bmp": rgb,
+    }
+    for name, img in files.items():
+        img.save(folder / name)
+    return [folder / n for n in files]
+
+
+def write_bad_images(folder: Path) -> list[Path]:
+    good = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(good, format="JPEG")
+    (folder / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not an image\n")
+    png_declaring(folder / "bomb.png", 100_000, 100_000)
+    return [folder / n for n in ("truncated.jpg", "empty.jpg", "text.jpg", "bomb.png")]
+
+
+def image_config(root: Path, **overrides):
+    return tiny_config(
+        **{
+            "data.source": "imagefolder",
+            "data.root": str(root),
+            "data.resize": 20,
+            "train.epochs": 1,
+            **overrides,
+        }
+    )
+
+
+def small_run(tmp_path: Path, **overrides) -> Path:
+    train(tiny_config(**{"train.epochs": 1, **overrides}), tmp_path / "run", progress=False)
+    return tmp_path / "run"
 
 
 # Structured images for the crop tests: every pixel says where it is, so a crop's position,

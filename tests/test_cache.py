@@ -1,6 +1,11 @@
 """The tensor pipeline's uint8 cache (`condnet.data.cache`) and `condnet data cache`."""
 
+import errno
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +17,9 @@ from condnet.data.cache import cache_folder, load_cached, long_side
 from condnet.data.datasets import load_splits
 from condnet.data.sources import Split
 from condnet.errors import CondnetError
-from tests.helpers import array_split, tiny_config, write_imagefolder
+from tests.helpers import array_split, tiny_array_split, tiny_config, write_imagefolder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cache_of_64px_arrays_is_an_exact_copy(tmp_path):
@@ -132,3 +139,92 @@ def test_a_waiting_process_reads_the_cache_once_another_has_built_it(tmp_path, m
     monkeypatch.setattr(cache_module.time, "sleep", sleep)
     cached = wait_for_cache(split, folder, 64, 56)
     assert len(polls) == 2 and np.array_equal(cached.images, split.images)
+
+
+def counting_builds(monkeypatch) -> list:
+    builds, real = [], cache_module._build
+    monkeypatch.setattr(cache_module, "_build", lambda *a: builds.append(1) or real(*a))
+    return builds
+
+
+def failing_at(call: int, fault: BaseException, real):
+    """`real`, except that its `call`-th call raises `fault`."""
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise fault
+        return real(*args, **kwargs)
+
+    return fake
+
+
+FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize(
+    "owner, name, call, fault",
+    [
+        (os, "posix_fallocate", 1, FULL_DISK),  # the images' file cannot be allocated
+        (cache_module, "_on_canvas", 5, FULL_DISK),  # a write fails half-way
+        (cache_module, "_save_npy", 2, FULL_DISK),  # after the images, before the manifest
+        (cache_module, "_on_canvas", 5, KeyboardInterrupt()),  # Ctrl-C half-way
+    ],
+)
+def test_cache_build_stopped_is_never_taken_as_complete(
+    tmp_path, monkeypatch, owner, name, call, fault
+):
+    split, folder = tiny_array_split(), tmp_path / "cache"
+    monkeypatch.setattr(owner, name, failing_at(call, fault, getattr(owner, name)))
+    with pytest.raises((CondnetError, KeyboardInterrupt)) as stopped:
+        load_cached(split, folder, 16, 16)
+    assert isinstance(stopped.value, type(fault)) or f"{folder}: cannot write" in str(stopped.value)
+    monkeypatch.undo()
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+    builds = counting_builds(monkeypatch)
+    cached = load_cached(split, folder, 16, 16)
+    assert builds == [1] and np.array_equal(cached.images, split.images)
+
+
+KILLED_BUILD = """
+import sys, time
+from pathlib import Path
+from condnet.data import cache
+from tests.helpers import tiny_array_split
+
+def stuck(*args, **kwargs):
+    print("building", flush=True)
+    time.sleep(60)  # killed here
+
+setattr(cache, sys.argv[2], stuck)
+cache.load_cached(tiny_array_split(), Path(sys.argv[1]), 16, 16)
+"""
+
+
+@pytest.mark.parametrize("stage", ["_on_canvas", "_save_npy"])  # decoding; images.npy written
+def test_cache_build_killed_is_rebuilt_and_cleaned(tmp_path, monkeypatch, stage):
+    folder = tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_BUILD, str(folder), stage],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout.readline() == b"building\n"
+    proc.kill()
+    proc.wait()
+    builds = counting_builds(monkeypatch)
+    cached = load_cached(tiny_array_split(), folder, 16, 16)
+    assert builds == [1] and np.array_equal(cached.images, tiny_array_split().images)
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]  # the killed one's
+
+
+def test_cache_with_a_torn_file_is_rebuilt(tmp_path, monkeypatch):
+    split, folder = tiny_array_split(), tmp_path / "cache"
+    load_cached(split, folder, 16, 16)
+    data = (folder / "images.npy").read_bytes()
+    (folder / "images.npy").write_bytes(data[: len(data) // 2])  # e.g. a copy cut short
+    builds = counting_builds(monkeypatch)
+    assert np.array_equal(load_cached(split, folder, 16, 16).images, split.images) and builds == [1]

@@ -1,8 +1,19 @@
-"""The checkpoint schema: the builder's keys, the format version, rebuilding the model."""
+"""The checkpoint schema: the builder's keys, the format version, rebuilding the model; what
+training writes; bad, foreign and code-running files; saves that fail or are killed."""
+
+import errno
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
+from condnet.cli import main
+from condnet.engine import checkpoint as ckpt_module
 from condnet.engine.checkpoint import (
     FORMAT_KEY,
     FORMAT_VERSION,
@@ -12,8 +23,11 @@ from condnet.engine.checkpoint import (
     rebuild_model,
     save_checkpoint,
 )
+from condnet.engine.evaluation import evaluate_checkpoint
+from condnet.engine.trainer import train
 from condnet.errors import CondnetError
 from tests.deploy_helpers import CLASS_NAMES, small_model
+from tests.helpers import LEARNS, small_run, tiny_config
 
 
 def test_builder_writes_the_format_version_and_leaves_out_what_is_not_given(tmp_path):
@@ -51,3 +65,135 @@ def test_weights_that_do_not_fit_the_spec_are_one_line_errors():
         match="^file.pt: weights do not fit: Error.s. in loading state_dict for CondNet:$",
     ):
         rebuild_model(model.spec, weights, "file.pt: weights do not fit")
+
+
+def test_checkpoint_contents_and_evaluate_matches_log(tmp_path, capsys):
+    metrics = train(tiny_config(**LEARNS), tmp_path, progress=False)
+    top1 = [m["val_top1"] for m in metrics]
+    best = max(range(3), key=top1.__getitem__)
+    assert best > 0 and top1[best] > 40  # learnt after the first epoch, far above chance (12.5)
+    assert any(m["val_top1"] < m["val_top5"] < 100 for m in metrics)  # top-5 of 8 classes
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert {
+        "model",
+        "optimizer",
+        "epoch",
+        "rng",
+        "config",
+        "class_names",
+        "metrics",
+        "versions",
+    } <= set(state)
+    assert state["epoch"] == 2 and len(state["metrics"]) == 3
+    for name, epoch in (("last.pt", 2), ("best.pt", best)):
+        result = evaluate_checkpoint(tmp_path / name)
+        assert result["epoch"] == epoch and result["count"] == metrics[epoch]["val_images"] == 64
+        assert result["top1"] == pytest.approx(metrics[epoch]["val_top1"])
+        assert result["top5"] == pytest.approx(metrics[epoch]["val_top5"])
+        assert result["loss"] == pytest.approx(metrics[epoch]["val_loss"], rel=1e-5)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "last.pt"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["top5"] == pytest.approx(metrics[2]["val_top5"]) and result["precision"] == "fp32"
+    assert main(["evaluate", str(tmp_path / "last.pt")]) == 0
+    assert f"images, fp32 on {result['device']})" in capsys.readouterr().out
+
+
+def test_best_checkpoint_is_the_first_epoch_with_the_best_top1(tmp_path, monkeypatch):
+    from condnet.engine import trainer
+
+    scores, real = iter([30.0, 60.0, 60.0]), trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: real(*a, **k) | {"top1": next(scores)})
+    train(tiny_config(), tmp_path, progress=False)
+    best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
+    assert (best["epoch"], best["best_top1"]) == (1, 60.0)
+    assert (last["epoch"], last["best_top1"]) == (2, 60.0)
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path, capsys):
+    run = small_run(tmp_path)
+    data = (run / "last.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "other.pt").write_text("weights? no, a text file\n")
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
+    for name, message in (
+        ("truncated.pt", "not a readable checkpoint"),
+        ("other.pt", "not a readable checkpoint"),
+        ("foreign.pt", "not a condnet checkpoint"),
+        ("missing.pt", "not found"),
+    ):
+        assert main(["evaluate", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, name
+
+
+def test_checkpoint_for_another_network_or_class_count(tmp_path, capsys):
+    run = small_run(tmp_path)
+    assert (
+        main(["train", "--resume", str(run), "--set", "model.name=paper-se", "train.epochs=2"]) == 2
+    )
+    assert "model.name: cannot change on resume" in capsys.readouterr().err
+    assert main(["evaluate", str(run / "last.pt"), "--set", "data.synthetic_classes=7"]) == 2
+    assert "the data has 7 classes, the checkpoint 4" in capsys.readouterr().err
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": Payload(), "model_spec": {}, "class_names": []}, tmp_path / "evil.pt")
+    assert main(["evaluate", str(tmp_path / "evil.pt")]) == 2
+    assert "refused to load" in capsys.readouterr().err
+    with pytest.raises(CondnetError, match="refused"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CondnetError):
+        load_checkpoint(tmp_path / "plain.pkl")
+    assert not marker.exists()
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(3)}, "model_spec": {}, "class_names": []}, path)
+
+    def full_disk(obj, f):
+        f.write(b"partial data")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_module.torch, "save", full_disk)
+    with pytest.raises(OSError):
+        save_checkpoint({"model": {"w": torch.zeros(3)}, "model_spec": {}, "class_names": []}, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+SAVE_LOOP = """
+import sys, torch
+from condnet.engine.checkpoint import save_checkpoint
+i = 0
+while True:
+    state = {"model": {"w": torch.full((400_000,), float(i))}, "model_spec": {}}
+    save_checkpoint({**state, "class_names": [str(i)]}, sys.argv[1])
+    i += 1
+    print(i, flush=True)
+"""
+
+
+def test_kill_9_during_saves_never_leaves_an_unreadable_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    for delay in (0.3, 0.45, 0.6):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SAVE_LOOP, str(path)], stdout=subprocess.PIPE
+        )
+        proc.stdout.readline()  # at least one save finished
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        state = load_checkpoint(path)
+        assert torch.equal(
+            state["model"]["w"], torch.full((400_000,), float(state["class_names"][0]))
+        )

@@ -1,9 +1,16 @@
-"""Config files (`condnet.config`): one file may start from another (`base:`)."""
+"""Config files (`condnet.config`): the paper's recipes, validation errors, and one file may
+start from another (`base:`)."""
+
+from pathlib import Path
 
 import pytest
 
+from condnet.cli import main
 from condnet.config import load_config, read_config_file
 from condnet.errors import CondnetError
+from condnet.report.build import PAPER_ROUTING, config_setting
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_file_sets_its_values_over_its_base_section_by_section(tmp_path):
@@ -47,3 +54,78 @@ def test_the_paper_recipe_is_written_once(tmp_path):
         cfg = load_config(configs / f"paper-{kind}.yaml")
         recipe.model.name = f"paper-{kind}"
         assert cfg == recipe
+
+
+def test_paper_configs_are_the_paper_recipe():
+    for kind in ("standard", "se", "condconv"):
+        cfg = load_config(ROOT / "configs" / f"paper-{kind}.yaml")
+        assert cfg.model.name == f"paper-{kind}"
+        t = cfg.train
+        assert (t.epochs, t.batch_size, t.momentum, t.nesterov, t.weight_decay) == (
+            55,
+            256,
+            0.9,
+            True,
+            5e-5,
+        )
+        assert (t.lr_start, t.lr_peak, t.lr_final, t.warmup_epochs) == (0.002, 0.2, 0.0002, 5)
+        d = cfg.data
+        assert (d.crop, d.resize, d.scale, d.hflip) == (56, 64, [0.08, 1.0], 0.5)
+        assert d.ratio == pytest.approx([3 / 4, 4 / 3]) and d.std == [0.229, 0.224, 0.225]
+        # Block C's routers at 0.1 x the rate, uncapped (README: Training block C).
+        assert (t.routing_lr_scale, t.routing_grad_clip) == (0.1, 0.0)
+
+
+def test_the_exact_config_is_the_paper_recipe_with_the_papers_routing():
+    exact = load_config(ROOT / "configs" / "paper-condconv-exact.yaml")
+    shipped = load_config(ROOT / "configs" / "paper-condconv.yaml")
+    assert {k: config_setting(exact, k, v) for k, v in PAPER_ROUTING.items()} == PAPER_ROUTING
+    shipped.train.routing_lr_scale = 1.0  # the only difference
+    assert exact == shipped
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train.lr": 0.1}, "unknown key 'train.lr'; allowed: train.epochs"),
+        ({"train.epochs": 0}, r"train.epochs: expected an integer \(>= 1\), got 0"),
+        ({"train.lr_peak": -0.1}, r"train.lr_peak: expected a number \(> 0.0\)"),
+        ({"train.batch_size": "big"}, "train.batch_size: expected an integer"),
+        ({"data.crop": 80}, r"data.crop: must be at most data.resize \(64\)"),
+        ({"data.source": "mnist"}, "data.source: expected one of imagefolder"),
+        (
+            {"model.overrides.num_experts": 0},
+            r"model: stages\[0\].num_experts: expected an integer >= 1",
+        ),
+        ({"model.name": "resnet"}, "model: unknown model 'resnet'"),
+        ({"run.deterministic": "yes"}, "run.deterministic: expected true or false"),
+    ],
+)
+def test_bad_config_names_the_key(overrides, message):
+    with pytest.raises(CondnetError, match=message):
+        load_config(None, overrides)
+
+
+def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--set", "train.batch_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.batch_size" in err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "setting, key",
+    [
+        ("train.nonsense=1", "train.nonsense"),
+        ("train.epochs=three", "train.epochs"),
+        ("train.lr_peak=-0.5", "train.lr_peak"),
+        ("train.epochs=0", "train.epochs"),
+        ("model.overrides.num_experts=0", "num_experts"),
+        ("data.crop=99", "data.crop"),
+        ("train.batch_size=0", "train.batch_size"),
+    ],
+)
+def test_bad_settings_exit_2_and_write_nothing(tmp_path, capsys, setting, key):
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and key in err and not (tmp_path / "run").exists()

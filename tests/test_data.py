@@ -1,4 +1,5 @@
-"""Each data source reads its on-disk format; subsets; transforms; safe unpickling."""
+"""Each data source reads its on-disk format; subsets; transforms; safe unpickling; layout
+errors."""
 
 import builtins
 import gc
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from condnet.cli import main
 from condnet.config import from_dict
 from condnet.data import sources
 from condnet.data.datasets import load_splits, make_datasets, subset
@@ -343,3 +345,60 @@ def test_pickle_reader_closes_its_file(tmp_path):
         assert load_pickle(path)["labels"] == [1, 2]
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def layout_error(tmp_path, capsys, make) -> str:
+    root = write_imagefolder(tmp_path / "data")
+    make(root)
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", f"data.root={root}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+    return err
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda r: (r / "train" / "empty").mkdir(), "empty class folder"),
+        (
+            lambda r: (
+                (r / "val" / "zebra").mkdir()
+                or (r / "val" / "cat" / "0.png").rename(r / "val" / "zebra" / "0.png")
+            ),
+            "class 'zebra' is not in",
+        ),
+        (lambda r: (r / "train" / "stray.jpg").write_bytes(b"x"), "files at the top"),
+        (lambda r: __import__("shutil").rmtree(r / "val"), "validation folder not found"),
+        (lambda r: [p.unlink() for p in (r / "train").rglob("*.*")], "empty class folder"),
+    ],
+)
+def test_bad_layout_is_one_line(tmp_path, capsys, make, message):
+    assert message in layout_error(tmp_path, capsys, make)
+
+
+def test_no_images_at_all(tmp_path, capsys):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "val").mkdir()
+    assert (
+        main(["train", "--out", str(tmp_path / "run"), "--set", f"data.root={tmp_path / 'data'}"])
+        == 2
+    )
+    assert "no class folders" in capsys.readouterr().err
+
+
+def test_class_list_naming_unknown_classes(tmp_path, capsys):
+    from tests.helpers import write_imagenet64
+
+    root = write_imagenet64(tmp_path / "in64")
+    (tmp_path / "c.txt").write_text("2\n999\n")
+    args = [
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "data.source=imagenet64",
+        f"data.root={root}",
+        f"data.classes={tmp_path / 'c.txt'}",
+    ]
+    assert main(args) == 2
+    assert "class 999 has no training images" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from condnet.data.images import MAX_PIXELS, BadImage, load_rgb
-from tests.helpers import png_declaring
+from tests.helpers import png_declaring, write_bad_images, write_odd_images
 
 RNG = np.random.default_rng(0)
 SHAPE = (24, 33)  # height, width: not square, so a transposed image cannot match
@@ -140,3 +140,16 @@ def test_an_image_at_the_limit_decodes(tmp_path, without_pillows_own_limit):
     image = load_rgb(tmp_path / "large.png")
     assert image.size == (8000, 8000) and image.mode == "RGB"
     assert image.getextrema() == ((255, 255),) * 3
+
+
+def test_odd_images_decode_to_rgb(tmp_path):
+    """Every mode decodes (each is checked pixel for pixel by the tests above)."""
+    for path in write_odd_images(tmp_path):
+        img = load_rgb(path)
+        assert img.mode == "RGB" and min(img.size) >= 10, path.name
+
+
+def test_bad_images_are_named(tmp_path):
+    for path in write_bad_images(tmp_path):
+        with pytest.raises(BadImage, match=path.name):
+            load_rgb(path)

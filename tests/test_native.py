@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from condnet.models import native
 from condnet.models.condconv import CondConv2d
 
+
 @pytest.fixture
 def kernel():
     """The compiled kernel, built or loaded when a test first needs it (not at collection:

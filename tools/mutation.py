@@ -35,11 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("condnet", "tests", "benchmarks", "configs", "pyproject.toml")
 
 # The tests that cover each module (files, or single tests where a file is slow).
-IMAGES = (
-    "tests/test_images.py",
-    "tests/test_reliability.py::test_odd_images_decode_to_rgb",
-    "tests/test_reliability.py::test_bad_images_are_named",
-)
+IMAGES = ("tests/test_images.py",)
 READERS = ("tests/test_data.py",)
 METRICS = ("tests/test_metrics.py",)
 EVALUATION = (
@@ -55,8 +51,8 @@ ROUTING = (
 )
 FUSE = ("tests/test_fuse.py",)
 SCHEDULE = (
-    "tests/test_engine.py::test_paper_learning_rate_schedule",
-    "tests/test_engine.py::test_schedule_per_step_is_the_same_curve_at_fractional_epochs",
+    "tests/test_schedule.py::test_paper_learning_rate_schedule",
+    "tests/test_schedule.py::test_schedule_per_step_is_the_same_curve_at_fractional_epochs",
     "tests/test_routing.py::test_routing_schedules",
     "tests/test_routing.py::test_apply_schedule_sets_rates_and_temperature",
 )
