@@ -3,11 +3,11 @@
 Every block has the same constructor signature, so the builder (and a user extending the
 registry) can swap them per stage:
 
-    Block(in_channels, out_channels, stride, settings: BlockSettings)
+    Block(in_channels, out_channels, stride, opts: BlockOptions, *, act_layer, norm_layer)
 
-`BlockSettings` carries the stage options (expansion, kernel size, SE ratio, experts, routing)
-and the activation and norm layers. Each kind also states which of the stage options it uses
-(`options`); the registry answers
+`BlockOptions` carries the stage options (expansion, kernel size, SE ratio, experts, routing);
+a stage's `condnet.models.spec.StageSpec` is one. Each kind also states which of the stage
+options it uses (`options`); the registry answers
 for it (`block_uses`), so that a spec can check what a block needs and refuse an override that
 no block of the network would use. Expanded width Ne = expansion * in_channels; identity path
 exactly when in == out and stride 1.
@@ -56,10 +56,10 @@ class ConvNormAct(nn.Sequential):
         self.act = act_layer(inplace=True) if act_layer else nn.Identity()
 
 
-@dataclass(frozen=True)
-class BlockSettings:
-    """What a block is built with besides its widths and stride: the stage options (each kind
-    uses some, its `options`) and the activation and norm layers."""
+@dataclass(frozen=True, kw_only=True)
+class BlockOptions:
+    """What a stage sets for its blocks besides widths and stride (each kind uses some of it,
+    its `options`); the defaults are the paper's."""
 
     expansion: int = 4
     kernel_size: int = 3
@@ -67,13 +67,14 @@ class BlockSettings:
     num_experts: int = 4
     routing: str = "block"
     routing_activation: str = "sigmoid"
-    act_layer: LayerFactory = nn.ReLU
-    norm_layer: LayerFactory = nn.BatchNorm2d
+
+
+PAPER_OPTIONS = BlockOptions()
 
 
 class CondConvNormAct(nn.Module):
-    """CondConv2d, BN, the activation unless `act` is off; takes the routing weights beside
-    the input. With `settings.routing == "conv"` the CondConv has a router of its own."""
+    """CondConv2d, BN, optional activation; takes the routing weights beside the input. With
+    `opts.routing == "conv"` the CondConv has a router of its own."""
 
     def __init__(
         self,
@@ -83,11 +84,12 @@ class CondConvNormAct(nn.Module):
         stride: int = 1,
         *,
         groups: int = 1,
-        settings: BlockSettings,
-        act: bool = True,
+        opts: BlockOptions,
+        act_layer: LayerFactory | None = nn.ReLU,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        own = settings.routing_activation if settings.routing == "conv" else None
+        own = opts.routing_activation if opts.routing == "conv" else None
         self.conv = CondConv2d(
             in_channels,
             out_channels,
@@ -95,11 +97,11 @@ class CondConvNormAct(nn.Module):
             stride,
             None,
             groups,
-            num_experts=settings.num_experts,
+            num_experts=opts.num_experts,
             router=own,
         )
-        self.bn = settings.norm_layer(out_channels)
-        self.act = settings.act_layer(inplace=True) if act else nn.Identity()
+        self.bn = norm_layer(out_channels)
+        self.act = act_layer(inplace=True) if act_layer else nn.Identity()
 
     def forward(self, x: Tensor, routing_weights: Tensor | None = None) -> Tensor:
         return self.act(self.bn(self.conv(x, routing_weights)))
@@ -131,24 +133,25 @@ class StandardBlock(nn.Module):
         in_channels: int,
         out_channels: int,
         stride: int = 1,
-        settings: BlockSettings = BlockSettings(),
+        opts: BlockOptions = PAPER_OPTIONS,
+        *,
+        act_layer: LayerFactory = nn.ReLU,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        inner = in_channels * settings.expansion
+        inner = in_channels * opts.expansion
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.has_identity = in_channels == out_channels and stride == 1
-        layer = dict(act_layer=settings.act_layer, norm_layer=settings.norm_layer)
-        k = settings.kernel_size
+        layer = dict(act_layer=act_layer, norm_layer=norm_layer)
+        k = opts.kernel_size
         self.expand = ConvNormAct(in_channels, inner, 1, **layer)
         self.depthwise = ConvNormAct(inner, inner, k, stride, groups=inner, **layer)
         self.se = (
-            SqueezeExcite(inner, inner // settings.se_ratio, settings.act_layer)
+            SqueezeExcite(inner, inner // opts.se_ratio, act_layer)
             if "se_ratio" in self.options
             else nn.Identity()
         )
-        self.project = ConvNormAct(
-            inner, out_channels, 1, act_layer=None, norm_layer=settings.norm_layer
-        )
+        self.project = ConvNormAct(inner, out_channels, 1, act_layer=None, norm_layer=norm_layer)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.project(self.se(self.depthwise(self.expand(x))))
@@ -175,23 +178,27 @@ class CondConvBlock(nn.Module):
         in_channels: int,
         out_channels: int,
         stride: int = 1,
-        settings: BlockSettings = BlockSettings(),
+        opts: BlockOptions = PAPER_OPTIONS,
+        *,
+        act_layer: LayerFactory = nn.ReLU,
+        norm_layer: LayerFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        inner = in_channels * settings.expansion
+        inner = in_channels * opts.expansion
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.has_identity = in_channels == out_channels and stride == 1
-        shared = settings.routing != "conv"
+        shared = opts.routing != "conv"
         self.routing = (
-            Routing(in_channels, settings.num_experts, settings.routing_activation)
-            if shared
-            else None
+            Routing(in_channels, opts.num_experts, opts.routing_activation) if shared else None
         )
-        k = settings.kernel_size
-        self.expand = CondConvNormAct(in_channels, inner, 1, settings=settings)
-        self.depthwise = CondConvNormAct(inner, inner, k, stride, groups=inner, settings=settings)
-        self.se = SqueezeExcite(inner, inner // settings.se_ratio, settings.act_layer)
-        self.project = CondConvNormAct(inner, out_channels, 1, settings=settings, act=False)
+        cond = dict(opts=opts, act_layer=act_layer, norm_layer=norm_layer)
+        k = opts.kernel_size
+        self.expand = CondConvNormAct(in_channels, inner, 1, **cond)
+        self.depthwise = CondConvNormAct(inner, inner, k, stride, groups=inner, **cond)
+        self.se = SqueezeExcite(inner, inner // opts.se_ratio, act_layer)
+        self.project = CondConvNormAct(
+            inner, out_channels, 1, opts=opts, act_layer=None, norm_layer=norm_layer
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         weights = self.routing(x) if self.routing is not None else None

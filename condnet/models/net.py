@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from condnet.models.blocks import BlockSettings, ConvNormAct, LayerFactory, get_block
+from condnet.models.blocks import ConvNormAct, LayerFactory, get_block
 from condnet.models.condconv import CondConv2d, Routing
 from condnet.models.spec import NetSpec, StageSpec
 
@@ -56,18 +56,12 @@ class CondNet(nn.Module):
 
 
 def _build_stage(in_channels: int, stage: StageSpec, **layer: LayerFactory) -> nn.Sequential:
+    """The stage's blocks; the stage spec is their options (`BlockOptions`)."""
     block = get_block(stage.block)
-    settings = BlockSettings(
-        expansion=stage.expansion,
-        kernel_size=stage.kernel_size,
-        se_ratio=stage.se_ratio,
-        num_experts=stage.num_experts,
-        routing=stage.routing,
-        routing_activation=stage.routing_activation,
-        **layer,
-    )
-    blocks = [block(in_channels, stage.channels, stage.stride, settings)]
-    blocks += [block(stage.channels, stage.channels, 1, settings) for _ in range(stage.repeats - 1)]
+    blocks = [block(in_channels, stage.channels, stage.stride, stage, **layer)]
+    blocks += [
+        block(stage.channels, stage.channels, 1, stage, **layer) for _ in range(stage.repeats - 1)
+    ]
     return nn.Sequential(*blocks)
 
 

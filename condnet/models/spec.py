@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from condnet.errors import CondnetError
-from condnet.models.blocks import BLOCKS, block_uses, blocks_using
+from condnet.models.blocks import BLOCKS, BlockOptions, block_uses, blocks_using
 from condnet.models.condconv import ROUTING_ACTIVATIONS
 
 ROUTINGS = ("block", "conv")
@@ -50,25 +50,20 @@ class StemSpec:
 
 
 @dataclass(frozen=True)
-class StageSpec:
+class StageSpec(BlockOptions):
     """`repeats` blocks of one kind; the first has `stride` and changes the width to `channels`.
 
-    Expanded width Ne = expansion * Ni; SE width = Ne // se_ratio; `routing`: one router per
-    block, or one per conv; `routing_activation`: sigmoid as in the paper, or softmax. Each block
-    kind uses some of the options after `block` (its `options` in `condnet.models.blocks`:
-    `se_ratio` for se and condconv, `num_experts` and the routing ones for condconv alone).
+    The block options (`BlockOptions`, keyword-only): expanded width Ne = expansion * Ni; SE
+    width = Ne // se_ratio; `routing`: one router per block, or one per conv;
+    `routing_activation`: sigmoid as in the paper, or softmax. Each block kind uses some of them
+    (its `options` in `condnet.models.blocks`: `se_ratio` for se and condconv, `num_experts` and
+    the routing ones for condconv alone).
     """
 
     channels: int
     repeats: int
     stride: int = 1
     block: str = "standard"
-    expansion: int = 4
-    kernel_size: int = 3
-    se_ratio: int = 4
-    num_experts: int = 4
-    routing: str = "block"
-    routing_activation: str = "sigmoid"
 
     def validate(self, where: str = "stage") -> None:
         _check_int(f"{where}.channels", self.channels)
