@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
-    if native.kernel() is None:
+    if not native.ensure_built():
         raise SystemExit(f"error: no compiled kernel here: {native.why_not()}")
     retain_freed_memory()
     print(environment())

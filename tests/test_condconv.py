@@ -286,7 +286,7 @@ def test_which_forms_apply():
         layer: {n for n in forms.FORMS if forms.applies(n, layer.weight, layer.groups, x)}
         for layer in (depthwise, pointwise, dense)
     }
-    compiled = {"native"} if native.kernel() is not None else set()
+    compiled = {"native"} if native.available() else set()
     assert applying[depthwise] == {"grouped", "mixture"} | compiled
     assert applying[pointwise] == {"grouped", "mixture", "matmul"}
     assert applying[dense] == {"grouped", "mixture", "matmul", "rows", "stacked"}

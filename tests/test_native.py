@@ -1,5 +1,9 @@
 """The compiled per-example depthwise kernel against the portable grouped convolution."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,12 +14,10 @@ from condnet.models.condconv import CondConv2d
 
 @pytest.fixture
 def kernel():
-    """The compiled kernel, built or loaded when a test first needs it (not at collection:
-    a first build takes about 40 s); a machine without a compiler skips what needs it."""
-    module = native.kernel()
-    if module is None:
+    """The compiled operators, built or loaded when a test first needs them (not at
+    collection: a first build takes about 40 s); a machine without a compiler skips them."""
+    if not native.ensure_built():
         pytest.skip(f"no compiled kernel here: {native.why_not()}")
-    return module
 
 
 needs_kernel = pytest.mark.usefixtures("kernel")
@@ -78,30 +80,85 @@ def test_auto_runs_channels_last_float32_depthwise_in_the_kernel(monkeypatch):
     assert len(calls) == 2
 
 
-def test_disabled_or_failed_build_falls_back_to_the_grouped_conv(monkeypatch):
+def test_disabled_or_failed_build_falls_back_to_the_grouped_conv(monkeypatch, tmp_path):
     layer = CondConv2d(8, 8, 3, groups=8, num_experts=4)
     x = torch.randn(4, 8, 6, 6).contiguous(memory_format=torch.channels_last)
     monkeypatch.setenv("CONDNET_NATIVE", "0")
-    assert native.kernel() is None and "CONDNET_NATIVE=0" in native.why_not()
+    assert not native.available() and "CONDNET_NATIVE=0" in native.why_not()
+    assert not native.ensure_built()  # turned off: not even built
     assert layer.choose_form(x) == "grouped"
-
     monkeypatch.delenv("CONDNET_NATIVE")
-    monkeypatch.setattr(native, "_loaded", {})
+    # No compiler: the build fails in its child process and says why in one line.
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    assert not native.build(tmp_path / "build", quiet=True)
+    assert native.why_not() and not native.library(tmp_path / "build").exists()
 
-    def no_compiler(*args, **kwargs):
-        raise RuntimeError("Error building extension\ng++: command not found")
 
-    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
-    monkeypatch.setattr(
-        torch.utils.cpp_extension, "_get_build_directory", lambda *a, **k: "/nonexistent"
+NOT_BUILT = """
+import sys, torch
+from condnet.models import native
+from condnet.models.condconv import CondConv2d
+layer = CondConv2d(8, 8, 3, groups=8, num_experts=4)
+x = torch.randn(4, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+out = layer(x, torch.rand(4, 4))
+print(native.available(), layer.choose_form(x), native.library().exists(), native.why_not())
+"""
+
+
+def test_a_forward_pass_never_builds_the_kernel(tmp_path):
+    """Where no build exists, CondConv's forward pass loads nothing, compiles nothing, prints
+    nothing, and runs the grouped form (a fresh process: this one may have loaded the kernel)."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", NOT_BUILT], env=env, capture_output=True, text=True, timeout=120
     )
-    assert native.kernel() is None
-    assert native.why_not() == "g++: command not found"
-    assert layer.choose_form(x) == "grouped"
-    r = torch.rand(4, 4)
-    out = layer(x, r)
-    layer.formulation = "grouped"
-    torch.testing.assert_close(out, layer(x, r))
+    assert done.returncode == 0, done.stderr
+    available, form, built, why = done.stdout.strip().split(" ", 3)
+    assert (available, form, built) == ("False", "grouped", "False") and "not built yet" in why
+    assert done.stderr == "" and not (tmp_path / "condnet").exists()
+
+
+@needs_kernel
+def test_the_operators_pass_opcheck():
+    """Schema, autograd registration, fake (meta) implementations and AOT dispatch, per op."""
+    x = torch.randn(2, 8, 7, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    kernels = torch.randn(2, 3, 3, 8, requires_grad=True)
+    bias = torch.randn(8, requires_grad=True)
+    ops = torch.ops.condnet
+    torch.library.opcheck(ops.depthwise.default, (x, kernels, bias, 2, 1))
+    torch.library.opcheck(ops.depthwise.default, (x, kernels, None, 1, 1))
+    grad = torch.randn(2, 8, 4, 3).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(
+        ops.depthwise_backward_input.default, (grad, kernels.detach(), 7, 6, 2, 1)
+    )
+    torch.library.opcheck(ops.depthwise_backward_kernels.default, (grad, x.detach(), 3, 2, 1))
+
+
+@needs_kernel
+def test_a_compiled_block_c_training_step_has_no_graph_break_at_the_kernel(monkeypatch):
+    """fullgraph=True: a graph break anywhere (the pybind kernel was one) is an error."""
+    from condnet.models.blocks import CondConvBlock
+    from condnet.models.layout import channels_last_weights
+
+    block = channels_last_weights(CondConvBlock(8, 8))
+    x = torch.randn(4, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    expanded = torch.randn(4, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert block.depthwise.conv.choose_form(expanded) == "native"  # the kernel is in the step
+
+    def step(x):
+        return block(x).square().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    loss = compiled(x)
+    loss.backward()
+    grads = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    want = step(x)
+    want.backward()
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(grads, [p.grad for p in block.parameters()], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 @needs_kernel

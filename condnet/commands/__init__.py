@@ -12,4 +12,5 @@ COMMANDS = [
     "export",
     "predict",
     "bench",
+    "kernels",
 ]

@@ -64,10 +64,11 @@ def device_name(device: torch.device) -> str:
 
 def place_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     """Move `model` to the device; with channels_last, every 4-D weight goes NHWC too. On the
-    CPU a CondConv network's compiled kernel is built (or loaded) here, before any clock runs."""
+    CPU a CondConv network's compiled kernel is loaded here, and built first where it is
+    missing (`condnet.models.native.ensure_built`), before any clock runs."""
     model.to(rt.device)
     if rt.device.type == "cpu" and any(isinstance(m, CondConv2d) for m in model.modules()):
-        native.kernel()
+        native.ensure_built()
     return channels_last_weights(model) if rt.channels_last else model
 
 

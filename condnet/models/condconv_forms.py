@@ -183,5 +183,5 @@ def native_runs(x: Tensor) -> bool:
         and x.dtype == torch.float32
         and x.is_contiguous(memory_format=torch.channels_last)
         and not torch.jit.is_tracing()
-        and native_kernel.kernel() is not None
+        and native_kernel.available()
     )

@@ -5,8 +5,9 @@
 // over the channels, which are contiguous in both, so the compiler vectorises it. The
 // reference (a grouped convolution with the batch folded into the groups) is in
 // condconv.py; the tests hold the two equal, forward and backward.
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <torch/all.h>
+#include <torch/library.h>
 
 #include <algorithm>
 
@@ -204,8 +205,17 @@ torch::Tensor backward_kernels(torch::Tensor grad, torch::Tensor x, int64_t k, i
   return gk;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "per-example depthwise convolution (channels_last, float32)");
-  m.def("backward_input", &backward_input, "its gradient for the input");
-  m.def("backward_kernels", &backward_kernels, "its gradient for the per-example kernels");
+// The operators, torch.ops.condnet.*; condnet/models/native/__init__.py registers their
+// autograd formula and their fake (shape-only) implementations.
+TORCH_LIBRARY(condnet, m) {
+  m.def("depthwise(Tensor x, Tensor kernels, Tensor? bias, int stride, int pad) -> Tensor");
+  m.def("depthwise_backward_input(Tensor grad, Tensor kernels, int height, int width, "
+        "int stride, int pad) -> Tensor");
+  m.def("depthwise_backward_kernels(Tensor grad, Tensor x, int k, int stride, int pad) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(condnet, CPU, m) {
+  m.impl("depthwise", &forward);
+  m.impl("depthwise_backward_input", &backward_input);
+  m.impl("depthwise_backward_kernels", &backward_kernels);
 }
