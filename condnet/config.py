@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from condnet.checks import check_value
 from condnet.errors import CondnetError
 from condnet.files import write_atomically
 from condnet.models import get_spec
@@ -124,59 +125,6 @@ class Config:
         write_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def _check_value(key: str, value: Any, hint: Any, rules: Mapping[str, Any]) -> Any:
-    """Return `value` coerced to the field's type, or raise naming `key`."""
-    types = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
-    if value is None:
-        if type(None) in typing.get_args(hint):
-            return None
-        raise CondnetError(f"{key}: a value is required ({_describe(types[0], rules)})")
-    kind = types[0]
-    ok = (
-        (kind is bool and isinstance(value, bool))
-        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
-        or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (kind is str and isinstance(value, str))
-        or (kind is list and isinstance(value, list) and all(_is_number(v) for v in value))
-        or (kind is dict and isinstance(value, dict))
-    )
-    if not ok:
-        raise CondnetError(f"{key}: expected {_describe(kind, rules)}, got {value!r}")
-    value = float(value) if kind is float else value
-    values = [float(v) for v in value] if kind is list else [value]
-    if kind is list and "length" in rules and len(values) != rules["length"]:
-        raise CondnetError(f"{key}: expected {_describe(kind, rules)}, got {value!r}")
-    if "choices" in rules and value not in rules["choices"]:
-        raise CondnetError(f"{key}: expected one of {', '.join(rules['choices'])}; got {value!r}")
-    for v in values if kind in (int, float, list) else []:
-        bad = ("min" in rules and v < rules["min"]) or ("max" in rules and v > rules["max"])
-        if bad or ("gt" in rules and v <= rules["gt"]):
-            raise CondnetError(f"{key}: expected {_describe(kind, rules)}, got {value!r}")
-    return values if kind is list else value
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _describe(kind: type, rules: Mapping[str, Any]) -> str:
-    name = {
-        bool: "true or false",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        dict: "a mapping",
-        list: f"a list of {rules.get('length', 'some')} numbers",
-    }[kind]
-    bounds = [
-        f">= {rules['min']}" if "min" in rules else "",
-        f"> {rules['gt']}" if "gt" in rules else "",
-        f"<= {rules['max']}" if "max" in rules else "",
-    ]
-    bounds = [b for b in bounds if b]
-    return name + (f" ({' and '.join(bounds)})" if bounds else "")
-
-
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, Mapping):
         raise CondnetError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
@@ -194,7 +142,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(hints[name]):
             values[name] = _build(hints[name], data[name], f"{prefix}{name}.")
         else:
-            values[name] = _check_value(prefix + name, data[name], hints[name], f.metadata)
+            values[name] = check_value(prefix + name, data[name], hints[name], f.metadata)
     return cls(**values)
 
 

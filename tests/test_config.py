@@ -95,7 +95,7 @@ def test_the_exact_config_is_the_paper_recipe_with_the_papers_routing():
         ({"data.source": "mnist"}, "data.source: expected one of imagefolder"),
         (
             {"model.overrides.num_experts": 0},
-            r"model: stages\[0\].num_experts: expected an integer >= 1",
+            r"model: stages\[0\].num_experts: expected an integer \(>= 1\)",
         ),
         ({"model.name": "resnet"}, "model: unknown model 'resnet'"),
         ({"run.deterministic": "yes"}, "run.deterministic: expected true or false"),

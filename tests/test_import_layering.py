@@ -15,6 +15,7 @@ LAYERS = (
         "condnet.memory",
         "condnet.paper",
         "condnet.timing",
+        "condnet.checks",
     ),
     ("condnet.models",),
     ("condnet.config",),

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from condnet.checks import check_value
 from condnet.errors import CondnetError
 from condnet.models.blocks import BLOCKS, BlockOptions, block_uses, blocks_using
 from condnet.models.condconv import ROUTING_ACTIVATIONS
@@ -20,13 +21,11 @@ ROUTINGS = ("block", "conv")
 
 
 def _check_int(where: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise CondnetError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    check_value(where, value, int, {"min": minimum})
 
 
 def _check_choice(where: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise CondnetError(f"{where}: expected one of {', '.join(allowed)}; got {value!r}")
+    check_value(where, value, str, {"choices": allowed})
 
 
 def _check_kernel(where: str, value: Any) -> None:
