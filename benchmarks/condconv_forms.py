@@ -43,10 +43,12 @@ def layer_inputs(batch: int, resolution: int) -> list[tuple[CondConv2d, torch.Te
     """Each CondConv layer of paper-condconv with the (channels_last) input it gets."""
     model = channels_last_weights(build_model("paper-condconv"))
     seen: dict[CondConv2d, torch.Tensor] = {}
+
+    def keep(module: CondConv2d, args: tuple) -> None:
+        seen.setdefault(module, args[0])
+
     hooks = [
-        m.register_forward_pre_hook(lambda mod, args: seen.setdefault(mod, args[0]))
-        for m in model.modules()
-        if isinstance(m, CondConv2d)
+        m.register_forward_pre_hook(keep) for m in model.modules() if isinstance(m, CondConv2d)
     ]
     with torch.no_grad():
         model.eval()(

@@ -28,6 +28,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], T]) -> T:
     os.close(fd)
     try:
         result = write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600: give it what open() would
         _fsync(tmp)  # the data on disk before the name points at it
         os.replace(tmp, path)
     except BaseException:
@@ -35,6 +36,13 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], T]) -> T:
         raise
     fsync_dir(path.parent)
     return result
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: it is put back at once)."""
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: str) -> None:

@@ -134,6 +134,18 @@ def test_one_pixel_over_the_limit_is_refused_before_decoding(tmp_path, without_p
         load_rgb(tmp_path / "bomb.png")
 
 
+def test_the_bomb_message_states_condnets_limit_and_the_images_size(tmp_path):
+    """10000 x 10000 is above Pillow's own limit too (89,478,485 pixels): the message is
+    condnet's, with its limit, not Pillow's."""
+    png_declaring(tmp_path / "huge.png", 10000, 10000)
+    with pytest.raises(BadImage) as caught:
+        load_rgb(tmp_path / "huge.png")
+    message = str(caught.value)
+    assert "huge.png: 10000x10000 pixels exceeds the limit of 64,000,000 pixels" in message
+    assert "89478485" not in message and "89,478,485" not in message
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # Pillow's setting is left as it was
+
+
 def test_an_image_at_the_limit_decodes(tmp_path, without_pillows_own_limit):
     """8000 x 8000 = 64 Mpixels exactly, stored as one bit per pixel (8 kB on disk)."""
     Image.new("1", (8000, 8000), 1).save(tmp_path / "large.png")

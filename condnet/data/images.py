@@ -22,12 +22,16 @@ def is_image_file(path: Path) -> bool:
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode `path` to an RGB image (grayscale, RGBA, palette, CMYK and 16-bit included)."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    pillows_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # condnet's own below
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise BadImage(f"{path}: {img.width}x{img.height} pixels exceeds the limit")
+                    raise BadImage(
+                        f"{path}: {img.width}x{img.height} pixels exceeds the limit of "
+                        f"{MAX_PIXELS:,} pixels (refused as a possible decompression bomb)"
+                    )
                 img.load()
                 return _to_rgb(img)
     except BadImage:
@@ -39,6 +43,8 @@ def load_rgb(path: str | Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise BadImage(f"{path}: cannot decode ({reason})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillows_limit
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
