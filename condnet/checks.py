@@ -4,8 +4,9 @@ what is allowed when it is wrong. The config (`condnet.config`) and the network 
 
 from __future__ import annotations
 
+import difflib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from condnet.errors import CondnetError
@@ -64,3 +65,9 @@ def describe(kind: type, rules: Mapping[str, Any]) -> str:
     ]
     bounds = [b for b in bounds if b]
     return name + (f" ({' and '.join(bounds)})" if bounds else "")
+
+
+def did_you_mean(key: str, allowed: Iterable[str], prefix: str = "") -> str:
+    """``"did you mean 'PREFIX.CLOSEST'? "`` for the allowed name closest to `key`, or ""."""
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    return f"did you mean '{prefix}{close[0]}'? " if close else ""

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from condnet.checks import check_value
+from condnet.checks import check_value, did_you_mean
 from condnet.errors import CondnetError
 from condnet.files import write_atomically
 from condnet.models import get_spec
@@ -133,7 +133,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for key in data:
         if key not in fields:
             raise CondnetError(
-                f"unknown key '{prefix}{key}'; allowed: {', '.join(prefix + f for f in fields)}"
+                f"unknown key '{prefix}{key}'; {did_you_mean(str(key), fields, prefix)}allowed: "
+                f"{', '.join(prefix + f for f in fields)}"
             )
     values = {}
     for name, f in fields.items():
@@ -222,7 +223,10 @@ def read_config_file(path: str | Path | None, _seen: tuple[Path, ...] = ()) -> A
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise CondnetError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        mark = getattr(err, "problem_mark", None)  # where the parser stopped, 0-based
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise CondnetError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict) or "base" not in data:
         return data
     base = path.parent / str(data.pop("base"))

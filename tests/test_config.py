@@ -129,3 +129,23 @@ def test_bad_settings_exit_2_and_write_nothing(tmp_path, capsys, setting, key):
     assert main(["train", "--out", str(tmp_path / "run"), "--set", setting]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and key in err and not (tmp_path / "run").exists()
+
+
+def test_an_unknown_key_suggests_the_closest(tmp_path):
+    with pytest.raises(
+        CondnetError, match="unknown key 'train.epoch'; did you mean 'train.epochs'"
+    ):
+        load_config(None, {"train.epoch": 3})
+    with pytest.raises(CondnetError, match=r"unknown key 'train.xyz'; allowed: train.epochs"):
+        load_config(None, {"train.xyz": 3})  # nothing close: no guess
+    with pytest.raises(CondnetError, match="unknown model override 'num_expert'; did you mean"):
+        load_config(None, {"model.overrides.num_expert": 3})
+
+
+def test_a_yaml_error_names_the_file_line_and_column(tmp_path):
+    (tmp_path / "bad.yaml").write_text("train:\n  epochs: 3\n  scale: [0.5, 1.0\ndata: {}\n")
+    with pytest.raises(CondnetError) as caught:
+        read_config_file(tmp_path / "bad.yaml")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'bad.yaml'}:4:5: not valid YAML: expected ','")
+    assert "\n" not in message

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from condnet.checks import check_value
+from condnet.checks import check_value, did_you_mean
 from condnet.errors import CondnetError
 from condnet.models.blocks import BLOCKS, BlockOptions, block_uses, blocks_using
 from condnet.models.condconv import ROUTING_ACTIVATIONS
@@ -186,7 +186,7 @@ def _replace_stages(spec: NetSpec, value: Any) -> NetSpec:
         if unknown:
             raise CondnetError(
                 f"stages[{i}]: unknown key {sorted(unknown)[0]!r}; "
-                f"allowed: {', '.join(sorted(allowed))}"
+                f"{did_you_mean(sorted(unknown)[0], allowed)}allowed: {', '.join(sorted(allowed))}"
             )
         if "channels" not in stage or "repeats" not in stage:
             raise CondnetError(f"stages[{i}]: 'channels' and 'repeats' are required")
@@ -229,7 +229,8 @@ def _apply(spec: NetSpec, overrides: Mapping[str, Any]) -> NetSpec:
     for key in overrides:
         if key not in OVERRIDE_KEYS:
             raise CondnetError(
-                f"unknown model override {key!r}; allowed: {', '.join(OVERRIDE_KEYS)}"
+                f"unknown model override {key!r}; {did_you_mean(key, OVERRIDE_KEYS)}"
+                f"allowed: {', '.join(OVERRIDE_KEYS)}"
             )
     if "stages" in overrides:
         spec = _replace_stages(spec, overrides["stages"])
