@@ -25,7 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from condnet.commands.common import add_set_option, parse_assignments  # noqa: E402
+from condnet.commands.common import (  # noqa: E402
+    add_set_option,
+    parse_assignments,
+    split_set_options,
+)
 from condnet.config import Config, from_dict  # noqa: E402
 from condnet.data.tensor_loader import DeviceSplit  # noqa: E402
 from condnet.engine.loaders import eval_loader  # noqa: E402
@@ -64,7 +68,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--epochs", type=int, default=55, help="epochs in the projection")
     add_set_option(p, "train.routing_grad_clip=1 (any config key, every model)")
-    args = p.parse_args(argv)
+    args = p.parse_args(split_set_options(sys.argv[1:] if argv is None else argv))
     args.crop = args.crop or args.size * 7 // 8
     return args
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from condnet.commands import COMMANDS
+from condnet.commands.common import split_set_options
 from condnet.engine.signals import Interrupted
 from condnet.errors import CondnetError
 from condnet.memory import retain_freed_memory
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = split_set_options(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     retain_freed_memory()  # large tensors are not page-faulted in again at every step
     try:

@@ -12,4 +12,10 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (at most `limit` characters), for a one-line
     error that quotes a library's own."""
     lines = str(err).strip().splitlines()
-    return lines[0][:limit] if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    line = lines[0]
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 3].rsplit(" ", 1)[0]  # whole words only
+    return cut + "..."

@@ -65,3 +65,31 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# The first bytes that name what a file is.
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9"  # torch.save's pre-zip format
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What `path` holds, from its first bytes: ``torch`` (a torch.save zip or its older pickle
+    format), ``safetensors``, ``onnx``, ``image``, ``zip`` (another archive), ``text`` or
+    ``unknown``. Nothing in it is run or unpickled."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"PK\x03\x04"):
+        return "torch" if b"data.pkl" in head or b"/version" in head else "zip"
+    if head.startswith(TORCH_LEGACY_MAGIC):
+        return "torch"
+    if head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "image"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 27:
+        return "safetensors"
+    if head[:1] == b"\x08" and (b"onnx" in head[:512] or b"pytorch" in head[:512]):
+        return "onnx"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "unknown"
+    return "text"

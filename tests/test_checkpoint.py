@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,13 +119,51 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, capsys):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
     for name, message in (
         ("truncated.pt", "not a readable checkpoint"),
-        ("other.pt", "not a readable checkpoint"),
+        ("other.pt", "a text file, not a checkpoint"),
         ("foreign.pt", "not a condnet checkpoint"),
         ("missing.pt", "not found"),
     ):
         assert main(["evaluate", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, name
+
+
+def wrong_files(folder: Path) -> dict[str, str]:
+    """Files a newcomer passes as a checkpoint, each with what condnet should call it."""
+    from PIL import Image
+
+    from condnet.data.transforms import TransformSpec
+    from condnet.deploy.bundle import Bundle
+    from condnet.deploy.weights import save_weights
+
+    (folder / "model.pt").write_text("epoch 3, loss 0.2\n")  # once: KeyError 101, a traceback
+    (folder / "script.pt").write_text("import torch\nprint('hello')\n")
+    Image.new("RGB", (8, 8)).save(folder / "photo.pt", format="PNG")
+    model = small_model("standard")
+    bundle = Bundle(model, CLASS_NAMES[: model.num_classes], TransformSpec(crop=16))
+    save_weights(bundle, folder / "weights.pt")
+    (folder / "model.onnx").write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x032.0" + bytes(64))
+    (folder / "random.pt").write_bytes(bytes(range(256)) * 4)
+    return {
+        "model.pt": "a text file, not a checkpoint",
+        "script.pt": "a text file, not a checkpoint",
+        "photo.pt": "an image, not a checkpoint",
+        "weights.pt": "a safetensors weights file, not a checkpoint",
+        "model.onnx": "an ONNX model, not a checkpoint: condnet predict runs it",
+        "random.pt": "not a checkpoint (a file of unknown format)",
+    }
+
+
+def test_wrong_files_are_named_in_one_line_without_the_unsafe_loads_advice(tmp_path, capsys):
+    for name, message in wrong_files(tmp_path).items():
+        for command in (["evaluate"], ["export", "--onnx", str(tmp_path / "out.onnx")]):
+            if name == "weights.pt" and command[0] == "export":
+                continue  # export reads weights, whatever their file is named: below
+            assert main([*command[:1], str(tmp_path / name), *command[1:]]) == 2, name
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and message in err, (name, command[0], err)
+            assert "weights_only" not in err and "Traceback" not in err
+    assert main(["export", str(tmp_path / "weights.pt"), "--onnx", str(tmp_path / "w.onnx")]) == 0
 
 
 def test_checkpoint_for_another_network_or_class_count(tmp_path, capsys):

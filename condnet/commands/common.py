@@ -13,15 +13,33 @@ from condnet.errors import CondnetError
 
 
 def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
-    """`--set KEY=VALUE ...`: dotted config keys (values read as YAML), in every command."""
+    """`--set KEY=VALUE ...`: dotted config keys (values read as YAML), in every command; it
+    may repeat and come before or after the positional arguments (`split_set_options`)."""
     parser.add_argument(
         "--set",
         action="extend",
-        nargs="+",
+        nargs=1,
         default=[],
         metavar="KEY=VALUE",
-        help=f"dotted config override, e.g. {example}",
+        help=f"dotted config override, e.g. {example} (several: --set A=1 B=2)",
     )
+
+
+def split_set_options(argv: Sequence[str]) -> list[str]:
+    """``--set A=1 B=2 CKPT`` as ``--set A=1 --set B=2 CKPT``: after `--set`, each following
+    KEY=VALUE word is one more override, and the first word that is not one is an argument of
+    its own (argparse alone would take it as a value too)."""
+    out, after_set = [], False
+    for word in argv:
+        if word == "--set":
+            after_set = True
+        elif after_set and "=" in word and not word.startswith("-"):
+            if out[-1] != "--set":
+                out.append("--set")
+        else:
+            after_set = False
+        out.append(word)
+    return out
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import torch
 from condnet.config import Config
 from condnet.data.transforms import TransformSpec
 from condnet.errors import CondnetError, first_line
-from condnet.files import write_atomically
+from condnet.files import file_kind, write_atomically
 from condnet.models import CondNet, NetSpec
 from condnet.version import __version__
 
@@ -89,12 +89,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         path = path / "last.pt"
     if not path.is_file():
         raise CondnetError(f"checkpoint not found: {path}")
+    _check_kind(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL (\S+)", str(err))
-        if not found:
-            raise CondnetError(f"{path}: not a readable checkpoint ({first_line(err)})") from None
+        if not found:  # torch's message would advise turning the safe load off: not relayed
+            raise CondnetError(f"{path}: not a checkpoint that loads safely") from None
         raise CondnetError(
             f"{path}: refused to load: it holds objects other than tensors and plain data "
             f"(it names {found.group(1)})"
@@ -113,6 +114,26 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: not a condnet checkpoint (expected keys {', '.join(REQUIRED_KEYS)})"
         )
     return state
+
+
+NOT_A_CHECKPOINT = {
+    "safetensors": "a safetensors weights file, not a checkpoint: predict and export read it",
+    "onnx": "an ONNX model, not a checkpoint: condnet predict runs it",
+    "image": "an image, not a checkpoint",
+    "zip": "a zip archive, not a checkpoint",
+    "text": "a text file, not a checkpoint",
+    "unknown": "not a checkpoint (a file of unknown format)",
+}
+
+
+def _check_kind(path: Path) -> None:
+    """Refuse, in one line saying what it is, a file that is not a torch.save file."""
+    try:
+        kind = file_kind(path)
+    except OSError as err:
+        raise CondnetError(f"{path}: cannot read ({err.strerror or err})") from None
+    if kind != "torch":
+        raise CondnetError(f"{path}: {NOT_A_CHECKPOINT[kind]}")
 
 
 def rebuild_model(
