@@ -88,13 +88,15 @@ def test_checkpoint_contents_and_evaluate_matches_log(tmp_path, capsys):
     assert state["epoch"] == 2 and len(state["metrics"]) == 3
     for name, epoch in (("last.pt", 2), ("best.pt", best)):
         result = evaluate_checkpoint(tmp_path / name)
-        assert result["epoch"] == epoch and result["count"] == metrics[epoch]["val_images"] == 64
+        assert result["epoch"] == epoch + 1  # counted from 1, as the log and the text say
+        assert result["count"] == metrics[epoch]["val_images"] == 64
         assert result["top1"] == pytest.approx(metrics[epoch]["val_top1"])
         assert result["top5"] == pytest.approx(metrics[epoch]["val_top5"])
         assert result["loss"] == pytest.approx(metrics[epoch]["val_loss"], rel=1e-5)
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "last.pt"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["epoch"] == 3  # the text says "epoch 3" too
     assert result["top5"] == pytest.approx(metrics[2]["val_top5"]) and result["precision"] == "fp32"
     assert main(["evaluate", str(tmp_path / "last.pt")]) == 0
     assert f"images, fp32 on {result['device']})" in capsys.readouterr().out
@@ -236,3 +238,27 @@ def test_kill_9_during_saves_never_leaves_an_unreadable_checkpoint(tmp_path):
         assert torch.equal(
             state["model"]["w"], torch.full((400_000,), float(state["class_names"][0]))
         )
+
+
+def test_a_run_folder_means_its_best_checkpoint_unless_last_and_says_which(tmp_path, capsys):
+    from condnet.engine import trainer
+
+    scores, real = iter([30.0, 60.0, 50.0]), trainer.evaluate
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer, "evaluate", lambda *a, **k: real(*a, **k) | {"top1": next(scores)})
+        train(tiny_config(), tmp_path / "run", progress=False)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "run" / "best.pt") in out and "(epoch 2)" in out
+    assert main(["evaluate", str(tmp_path / "run"), "--last", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["checkpoint"] == str(tmp_path / "run" / "last.pt") and result["epoch"] == 3
+
+
+def test_evaluate_refuses_to_change_the_checkpoints_network(tmp_path, capsys):
+    """`--set model.name=...` was silently ignored: the network is the checkpoint's."""
+    run = small_run(tmp_path)
+    assert main(["evaluate", str(run), "--set", "model.name=paper-se"]) == 2
+    err = capsys.readouterr().err
+    assert "--set model.name: evaluate uses the checkpoint's own network" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,3 +74,29 @@ def parse_model_overrides(items: Sequence[str]) -> dict[str, Any]:
 def short_assignments(items: Sequence[str]) -> list[str]:
     """``model.overrides.KEY=VALUE`` as ``KEY=VALUE``, for a header line."""
     return [item.removeprefix(MODEL_OVERRIDES) for item in items]
+
+
+def chosen_model_file(path: str, last: bool) -> str:
+    """The file a model argument names (`condnet.engine.checkpoint.model_file`), said on
+    stderr when a run folder was given, so the output names the file used."""
+    from condnet.engine.checkpoint import model_file  # brings in torch only when needed
+
+    chosen = model_file(path, last)
+    if str(chosen) != path:
+        print(f"condnet: using {chosen}", file=sys.stderr)
+    return str(chosen)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """`--seed` and `--device`: shortcuts for `--set run.seed=N run.device=D`."""
+    parser.add_argument("--seed", type=int, help="run.seed: weights, data order, augmentation")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="run.device (auto)")
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """`--set`, with `--seed` and `--device` as the run keys they stand for."""
+    overrides = parse_assignments(args.set)
+    for key, value in (("run.seed", args.seed), ("run.device", args.device)):
+        if value is not None:
+            overrides[key] = value
+    return overrides

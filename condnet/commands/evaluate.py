@@ -4,13 +4,18 @@ import argparse
 import json
 
 from condnet.commands.common import add_set_option, parse_assignments
+from condnet.engine.checkpoint import model_file
 from condnet.engine.evaluation import evaluate_checkpoint
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on its validation set")
-    p.add_argument("checkpoint", help="a checkpoint file, or a run folder (uses its last.pt)")
+    p.add_argument(
+        "checkpoint", help="a checkpoint file, or a run folder (its best.pt; --last: last.pt)"
+    )
+    p.add_argument("--last", action="store_true", help="a run folder's last.pt, not best.pt")
     p.add_argument("--data", metavar="ROOT", help="evaluate on this data.root instead")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="run.device (auto)")
     add_set_option(p, "data.source=imagefolder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
@@ -20,12 +25,14 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_assignments(args.set)
     if args.data:
         overrides["data.root"] = args.data
-    result = evaluate_checkpoint(args.checkpoint, overrides)
+    if args.device:
+        overrides["run.device"] = args.device
+    result = evaluate_checkpoint(model_file(args.checkpoint, args.last), overrides)
     if args.json:
         print(json.dumps(result))
     else:
         print(
-            f"{result['checkpoint']} (epoch {result['epoch'] + 1}): loss {result['loss']:.4f}  "
+            f"{result['checkpoint']} (epoch {result['epoch']}): loss {result['loss']:.4f}  "
             f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
             f"({result['count']} images, {result['precision']} on {result['device']})"
         )

@@ -2,6 +2,7 @@
 
 import argparse
 
+from condnet.commands.common import chosen_model_file
 from condnet.deploy.export import CHECK_BATCHES, CHECK_TOLERANCE, OPSET, check_onnx, export_onnx
 from condnet.deploy.model_file import read_bundle
 from condnet.deploy.weights import WEIGHTS_SUFFIX, save_weights
@@ -15,8 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "checkpoint",
         metavar="CKPT",
-        help="a checkpoint (.pt file or run folder) or a .safetensors weights file",
+        help="a checkpoint (.pt file, or a run folder: its best.pt) or a .safetensors file",
     )
+    p.add_argument("--last", action="store_true", help="a run folder's last.pt, not best.pt")
     p.add_argument("--onnx", metavar="FILE", help="write an ONNX model (BN folded, dynamic batch)")
     p.add_argument(
         "--weights",
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise CondnetError(f"--weights: expected a file name ending in {WEIGHTS_SUFFIX}")
     if not OPSET <= args.opset <= MAX_OPSET:
         raise CondnetError(f"--opset: expected {OPSET} to {MAX_OPSET}, got {args.opset}")
-    bundle = read_bundle(args.checkpoint)
+    bundle = read_bundle(chosen_model_file(args.checkpoint, args.last))
     if args.weights:
         save_weights(bundle, args.weights)
         print(f"wrote {args.weights} (weights, spec, class names, eval transform)")

@@ -4,19 +4,26 @@ import argparse
 import json
 import sys
 
+from condnet.commands.common import chosen_model_file
 from condnet.deploy.predict import Failure, format_prediction, load_classifier, predict
 from condnet.errors import CondnetError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images with a checkpoint, weights or ONNX file")
-    p.add_argument("model", metavar="MODEL", help="a checkpoint (.pt), .safetensors or .onnx file")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a checkpoint (.pt), .safetensors or .onnx file, or a run folder (its best.pt)",
+    )
     p.add_argument(
         "inputs",
         nargs="+",
         metavar="IMAGE_OR_DIR",
         help="image files, or folders read recursively in sorted order",
     )
+    p.add_argument("--last", action="store_true", help="a run folder's last.pt, not best.pt")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda (cpu)")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
     p.add_argument("--json", action="store_true", help="one JSON object per image and line")
@@ -26,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.topk < 1 or args.batch_size < 1:
         raise CondnetError("--topk and --batch-size must be positive integers")
-    classifier = load_classifier(args.model)
+    classifier = load_classifier(chosen_model_file(args.model, args.last), args.device)
     found = failed = 0
     for result in predict(classifier, args.inputs, args.topk, args.batch_size):
         found += 1

@@ -2,7 +2,7 @@
 
 import argparse
 
-from condnet.commands.common import add_set_option, parse_assignments
+from condnet.commands.common import add_run_options, add_set_option, run_overrides
 from condnet.errors import CondnetError
 from condnet.report.build import build_report, table3_text
 from condnet.reproduce import reproduce
@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="YAML config shared by the three runs")
     p.add_argument("--out", required=True, help="output folder: OUT/<model>/ and OUT/report.md")
     add_set_option(p, "train.epochs=3 (for all three runs)")
+    add_run_options(p)
     p.add_argument(
         "--jobs",
         type=int,
@@ -35,7 +36,7 @@ def _print(path, rows) -> None:
 def run_reproduce(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise CondnetError(f"--jobs: expected an integer >= 1, got {args.jobs}")
-    _print(*reproduce(args.config, args.out, parse_assignments(args.set), jobs=args.jobs))
+    _print(*reproduce(args.config, args.out, run_overrides(args), jobs=args.jobs))
     return 0
 
 

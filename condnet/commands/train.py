@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from condnet.commands.common import add_set_option, parse_assignments
+from condnet.commands.common import add_run_options, add_set_option, run_overrides
 from condnet.config import load_config
 from condnet.engine.trainer import resume_config, train
 from condnet.errors import CondnetError
@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a network (config file + overrides)")
     p.add_argument("--config", help="YAML config (default: the paper recipe, configs/paper-*.yaml)")
     add_set_option(p, "train.epochs=3 model.name=paper-se")
+    add_run_options(p)
     p.add_argument("--out", help="output folder (metrics, checkpoints, resolved config)")
     p.add_argument("--resume", metavar="OUT", help="continue the run in OUT where it stopped")
     p.add_argument(
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = parse_assignments(args.set)
+    overrides = run_overrides(args)
     if args.resume:
         if args.config:
             raise CondnetError("--resume takes the config saved in the run; drop --config")

@@ -56,29 +56,31 @@ class Failure:
     reason: str
 
 
-def load_classifier(path: str | os.PathLike) -> Classifier:
-    """A `Classifier` from a ``.onnx`` file, a ``.safetensors`` file or a checkpoint."""
+def load_classifier(path: str | os.PathLike, device: str = "cpu") -> Classifier:
+    """A `Classifier` from a ``.onnx`` file, a ``.safetensors`` file or a checkpoint, run on
+    `device` (``cpu`` or ``cuda``)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CondnetError("--device cuda: no CUDA device is available")
     if Path(path).suffix == ONNX_SUFFIX:
         from condnet.deploy.export import OnnxClassifier  # needs the optional onnxruntime
 
-        session = OnnxClassifier(path)
+        session = OnnxClassifier(path, device)
         in_channels = session.spec.in_channels
         classifier = Classifier(session, session.class_names, session.transform)
     else:
         bundle = read_bundle(path)
         in_channels = bundle.model.spec.in_channels
-        classifier = Classifier(
-            _inference(prepare_inference(bundle.model)), bundle.class_names, bundle.transform
-        )
+        model = prepare_inference(bundle.model).to(device)
+        classifier = Classifier(_inference(model, device), bundle.class_names, bundle.transform)
     if in_channels != 3:
         raise CondnetError(f"{path}: the model takes {in_channels} input channels; images are RGB")
     return classifier
 
 
-def _inference(model: torch.nn.Module) -> Callable[[Tensor], Tensor]:
+def _inference(model: torch.nn.Module, device: str) -> Callable[[Tensor], Tensor]:
     def logits(images: Tensor) -> Tensor:
         with torch.inference_mode():
-            return model(images)
+            return model(images.to(device)).cpu()
 
     return logits
 

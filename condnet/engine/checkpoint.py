@@ -82,6 +82,16 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     write_atomically(path, write)
 
 
+def model_file(path: str | os.PathLike, last: bool = False) -> Path:
+    """The file a model argument names: a file as given; a run folder's `best.pt` (its best
+    validation top-1), or its `last.pt` with `last` or where there is no best.pt yet."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    best = path / "best.pt"
+    return best if best.is_file() and not last else path / "last.pt"
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a condnet checkpoint safely (weights only) onto the CPU; errors are one line."""
     path = Path(path)

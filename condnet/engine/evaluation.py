@@ -68,7 +68,15 @@ def evaluate(
 def evaluate_checkpoint(
     path: str | Path, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Validation loss, top-1 and top-5 of a checkpoint, with its own data config (+ overrides)."""
+    """Validation loss, top-1 and top-5 of a checkpoint, with its own data config (+ overrides;
+    the network is the checkpoint's, so `model.*` overrides are refused). `epoch`: the epochs
+    it had trained, counted from 1 as in the log."""
+    changed = sorted(k for k in overrides or {} if k.startswith("model."))
+    if changed:
+        raise CondnetError(
+            f"--set {changed[0]}: evaluate uses the checkpoint's own network; "
+            "export it or train another to change it"
+        )
     state = load_checkpoint(path)
     if "config" not in state:
         raise CondnetError(f"{path}: has no training config; cannot rebuild its validation set")
@@ -83,4 +91,6 @@ def evaluate_checkpoint(
     val_set = split_data(cfg, rt, val_split, "val")
     model = place_model(model_from_checkpoint(state), rt)
     result = evaluate(model, eval_loader(cfg, val_set, rt), rt, on_bad_image=cfg.data.on_bad_image)
-    return {"checkpoint": str(path), "epoch": state.get("epoch"), **result, **rt.record()}
+    epoch = state.get("epoch")
+    trained = None if epoch is None else epoch + 1
+    return {"checkpoint": str(path), "epoch": trained, **result, **rt.record()}
