@@ -1,5 +1,7 @@
 """The `condnet` command's conventions shared by every subcommand (`condnet.cli`)."""
 
+from pathlib import Path
+
 import torch
 
 from condnet.cli import main
@@ -49,3 +51,18 @@ def test_a_run_folder_given_to_predict_and_export_is_named(tmp_path, capsys):
     assert f"condnet: using {run / 'last.pt'}" in capsys.readouterr().err
     expected = 0 if torch.cuda.is_available() else 2  # one line: no CUDA device here
     assert main(["predict", "--device", "cuda", str(run), str(tmp_path / "red.png")]) == expected
+
+
+def test_config_show_prints_the_resolved_config_without_running(tmp_path, capsys):
+    import yaml
+
+    assert (
+        main(["config", "show", "--config", "configs/paper-se.yaml", "--set", "train.epochs=9"])
+        == 0
+    )
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["model"]["name"] == "paper-se" and shown["train"]["epochs"] == 9
+    assert shown["train"]["lr_peak"] == 0.2 and "base" not in shown  # from configs/paper.yaml
+    assert not list(tmp_path.iterdir())
+    assert main(["config", "show", "--set", "train.epoch=9"]) == 2
+    assert "did you mean 'train.epochs'" in capsys.readouterr().err

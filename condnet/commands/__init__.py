@@ -13,4 +13,5 @@ COMMANDS = [
     "predict",
     "bench",
     "kernels",
+    "config",
 ]
