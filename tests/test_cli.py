@@ -1,6 +1,5 @@
 """The `condnet` command's conventions shared by every subcommand (`condnet.cli`)."""
 
-from pathlib import Path
 
 import torch
 
