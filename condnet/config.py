@@ -93,6 +93,10 @@ class TrainConfig:
     routing_warmup_epochs: float = _spec(0.0, min=0.0)  # routers' rate ramps from 0 over these
     routing_temperature: float = _spec(1.0, min=1.0)  # routers' initial temperature ...
     routing_anneal_epochs: float = _spec(0.0, min=0.0)  # ... down to 1 over these epochs
+    # Start from these weights (a checkpoint or .safetensors file; "" for none) ...
+    init_weights: str = _spec("")
+    # ... keeping their classifier, or a new one (for another class count).
+    init_classifier: str = _spec("keep", choices=("keep", "new"))
 
 
 @dataclass

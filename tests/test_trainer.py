@@ -187,3 +187,33 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert state["epoch"] == -1 and all(
         torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
     )
+
+
+def test_a_run_starts_from_weights_given_in_a_checkpoint_or_a_safetensors_file(tmp_path, capsys):
+    from condnet.data.transforms import TransformSpec
+    from condnet.deploy.bundle import Bundle
+    from condnet.deploy.weights import save_weights
+
+    run = small_run(tmp_path)
+    trained = load_checkpoint(run / "last.pt")
+    model = build_network(tiny_config(), 4)
+    model.load_state_dict(trained["model"])
+    save_weights(Bundle(model, list("abcd"), TransformSpec(crop=16)), tmp_path / "w.safetensors")
+    for source in (run / "last.pt", tmp_path / "w.safetensors"):
+        started = build_network(tiny_config(**{"train.init_weights": str(source)}), 4)
+        for name, value in started.state_dict().items():
+            assert torch.equal(value, trained["model"][name]), (source.name, name)
+    # Another class count: refused, unless the classifier starts afresh.
+    other = {"train.init_weights": str(run / "last.pt")}
+    with pytest.raises(CondnetError, match=r"classifier.bias: shape \(4,\), this network.s \(7,\)"):
+        build_network(tiny_config(**other), 7)
+    fresh = build_network(tiny_config(**other, **{"train.init_classifier": "new"}), 7)
+    assert fresh.classifier.out_features == 7
+    assert torch.equal(fresh.stem.conv.weight, trained["model"]["stem.conv.weight"])
+    # Another network, a missing file: one line each, nothing trained.
+    with pytest.raises(CondnetError, match="not in this network|missing"):
+        build_network(tiny_config(**other, **{"model.name": "paper-se"}), 4)
+    out = tmp_path / "run2"
+    sets = ["--set", "train.init_weights=nowhere.pt", "train.epochs=1", "train.warmup_epochs=0"]
+    assert main(["train", "--out", str(out), *sets]) == 2
+    assert "train.init_weights: file not found: nowhere.pt" in capsys.readouterr().err

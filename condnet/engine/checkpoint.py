@@ -170,3 +170,44 @@ def model_from_checkpoint(state: Mapping[str, Any]) -> CondNet:
 def checkpoint_transform(state: Mapping[str, Any]) -> TransformSpec:
     """The checkpoint's eval transform (the paper's when it has none)."""
     return TransformSpec.from_dict(state.get("eval_transform"))
+
+
+CLASSIFIER = ("classifier.weight", "classifier.bias")
+
+
+def load_initial_weights(model: CondNet, path: str, new_classifier: bool = False) -> None:
+    """Load the weights of a checkpoint or a .safetensors file into `model` (a run's start),
+    all of them, or all but the classifier when `new_classifier` (it keeps its fresh draw, for
+    another class count). A weight missing, left over or of another shape is one line."""
+    weights = _weights_of(Path(path))
+    if new_classifier:
+        weights = {k: v for k, v in weights.items() if k not in CLASSIFIER}
+    own = model.state_dict()
+    expected = set(own) - (set(CLASSIFIER) if new_classifier else set())
+    for name in sorted(expected | set(weights)):
+        problem = (
+            "missing"
+            if name not in weights
+            else "not in this network"
+            if name not in own
+            else None
+            if weights[name].shape == own[name].shape
+            else f"shape {tuple(weights[name].shape)}, this network's {tuple(own[name].shape)}"
+        )
+        if problem:
+            hint = (
+                "; train.init_classifier=new for another class count" if name in CLASSIFIER else ""
+            )
+            raise CondnetError(f"train.init_weights: {path}: {name}: {problem}{hint}")
+    model.load_state_dict(weights, strict=not new_classifier)
+
+
+def _weights_of(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights a checkpoint or a safetensors file holds."""
+    if not path.is_file():
+        raise CondnetError(f"train.init_weights: file not found: {path}")
+    if file_kind(path) == "safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return load_checkpoint(path)["model"]

@@ -34,6 +34,8 @@ FIXED_ON_RESUME = (
     "run.seed",
     "train.routing_init",  # the initial weights: drawn once, at the start
     "train.expert_init",
+    "train.init_weights",
+    "train.init_classifier",
 )
 
 

@@ -17,7 +17,12 @@ from condnet.config import Config, TrainConfig, from_dict
 from condnet.data.datasets import load_splits
 from condnet.data.transforms import TransformSpec
 from condnet.engine import distributed
-from condnet.engine.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
+from condnet.engine.checkpoint import (
+    checkpoint_state,
+    load_checkpoint,
+    load_initial_weights,
+    save_checkpoint,
+)
 from condnet.engine.diagnostics import RoutingMonitor
 from condnet.engine.evaluation import evaluate
 from condnet.engine.loaders import Loader, eval_loader, eval_subset, split_data, train_loader
@@ -141,12 +146,14 @@ def set_temperature(model: nn.Module, temperature: float) -> None:
 def build_network(cfg: Config, num_classes: int) -> CondNet:
     """The configured network, its CondConv routers and experts initialised per
     `train.routing_init` and `train.expert_init` (the builder draws `small` and `independent`:
-    those draw nothing more)."""
+    those draw nothing more), then loaded from `train.init_weights` when one is given."""
     model = build_model(cfg.model.name, num_classes=num_classes, **cfg.model.overrides)
     if cfg.train.routing_init != "small":
         init_routers(model, cfg.train.routing_init)
     if cfg.train.expert_init != "independent":
         init_experts(model, cfg.train.expert_init)
+    if cfg.train.init_weights:
+        load_initial_weights(model, cfg.train.init_weights, cfg.train.init_classifier == "new")
     return model
 
 
@@ -286,6 +293,9 @@ def _check_start(cfg: Config, rt: Runtime, out: Path, resume: bool) -> None:
         raise CondnetError(
             f"{out} already holds a run; resume it with --resume or choose another --out"
         )
+    weights = cfg.train.init_weights
+    if weights and not resume and not Path(weights).is_file():  # before any data is read
+        raise CondnetError(f"train.init_weights: file not found: {weights}")
 
 
 def _progress_so_far(state: dict[str, Any] | None) -> tuple[int, list, float]:
