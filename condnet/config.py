@@ -50,6 +50,9 @@ class DataConfig:
     download: bool = _spec(False)  # cifar: fetch when missing (needs a network)
     train_subset: int = _spec(0, min=0)  # 0: all; else this many images, class-balanced
     val_subset: int = _spec(0, min=0)
+    # A plain folder of class folders (imagefolder without train/ and val/) has no validation
+    # split: this share of each class is held out for it, chosen by run.seed.
+    val_fraction: float = _spec(0.1, gt=0.0, max=0.5)
     resize: int = _spec(64, min=1)  # eval: short side resized to this ...
     crop: int = _spec(56, min=1)  # ... then center crop; train: random resized crop size
     scale: list = _spec([0.08, 1.0], length=2, gt=0.0, max=1.0)

@@ -126,6 +126,13 @@ def write_imagefolder(root: Path, classes=("cat", "dog", "fish"), per_class: int
     return root
 
 
+def plain_folder(root: Path, classes=("cat", "dog", "fish"), per_class: int = 10) -> Path:
+    """ROOT/<class>/<image>: a folder of class folders, as a newcomer has it."""
+    write_imagefolder(root / "tmp", classes, per_class)
+    (root / "tmp" / "train").rename(root / "plain")
+    return root / "plain"
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb") as f:

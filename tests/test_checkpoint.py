@@ -99,7 +99,7 @@ def test_checkpoint_contents_and_evaluate_matches_log(tmp_path, capsys):
     assert result["epoch"] == 3  # the text says "epoch 3" too
     assert result["top5"] == pytest.approx(metrics[2]["val_top5"]) and result["precision"] == "fp32"
     assert main(["evaluate", str(tmp_path / "last.pt")]) == 0
-    assert f"images, fp32 on {result['device']})" in capsys.readouterr().out
+    assert f"images of 8 classes, fp32 on {result['device']})" in capsys.readouterr().out
 
 
 def test_best_checkpoint_is_the_first_epoch_with_the_best_top1(tmp_path, monkeypatch):

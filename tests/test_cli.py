@@ -1,6 +1,5 @@
 """The `condnet` command's conventions shared by every subcommand (`condnet.cli`)."""
 
-
 import torch
 
 from condnet.cli import main

@@ -13,14 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from condnet.cli import main
 from condnet.config import from_dict
 from condnet.data import sources
 from condnet.data.datasets import load_splits, make_datasets, subset
 from condnet.data.safe_pickle import load_pickle
+from condnet.engine.metrics import read_metrics
 from condnet.errors import CondnetError
-from tests.helpers import write_cifar, write_idx, write_imagefolder, write_imagenet64
+from tests.helpers import (
+    image_config,
+    plain_folder,
+    write_cifar,
+    write_idx,
+    write_imagefolder,
+    write_imagenet64,
+)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
@@ -301,8 +310,10 @@ def test_subset_is_class_balanced_and_seeded():
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
-    with pytest.raises(CondnetError, match="training folder not found"):
+    with pytest.raises(CondnetError, match="no class folders; expected"):
         load_splits(data_cfg(source="imagefolder", root=str(tmp_path)), 0)
+    with pytest.raises(CondnetError, match="data folder not found"):
+        load_splits(data_cfg(source="imagefolder", root=str(tmp_path / "nowhere")), 0)
     with pytest.raises(CondnetError, match="not found; install Debian's dataset-fashion-mnist"):
         load_splits(data_cfg(source="fashion-mnist", root=str(tmp_path)), 0)
 
@@ -402,3 +413,19 @@ def test_class_list_naming_unknown_classes(tmp_path, capsys):
     ]
     assert main(args) == 2
     assert "class 999 has no training images" in capsys.readouterr().err
+
+
+def test_a_plain_folder_of_class_folders_trains_with_a_held_out_share(tmp_path, capsys):
+    root = plain_folder(tmp_path)
+    cfg = image_config(root, **{"data.val_fraction": 0.2, "train.batch_size": 8})
+    train_split, val_split = load_splits(cfg.data, cfg.run.seed)
+    assert np.bincount(val_split.labels).tolist() == [2, 2, 2]  # 20 % of each class
+    assert not set(train_split.images) & set(val_split.images) and len(train_split) == 24
+    again = load_splits(cfg.data, cfg.run.seed)[1]
+    assert again.images == val_split.images  # the same files for the same folder and seed
+    out = tmp_path / "run"
+    sets = [f"data.root={root}", "data.source=imagefolder", "data.resize=20", "data.crop=16"]
+    sets += ["train.epochs=1", "train.warmup_epochs=0", "train.batch_size=8"]
+    assert main(["train", "--out", str(out), "--set", *sets, "model.overrides.widths=8"]) == 0
+    assert read_metrics(out)[0]["val_images"] == 3  # the default 10 %, one image per class
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["val_fraction"] == 0.1

@@ -1,12 +1,15 @@
 """Evaluating a checkpoint (`condnet.engine.evaluation`)."""
 
+import json
+
 import pytest
 
+from condnet.cli import main
 from condnet.engine.evaluation import evaluate_checkpoint
 from condnet.engine.metrics import read_metrics
 from condnet.engine.trainer import train
 from condnet.errors import CondnetError
-from tests.helpers import image_config, write_bad_images, write_imagefolder
+from tests.helpers import image_config, plain_folder, write_bad_images, write_imagefolder
 
 
 @pytest.mark.parametrize("pipeline", ["torchvision", "tensor"])
@@ -21,3 +24,17 @@ def test_evaluation_honours_on_bad_image_error(tmp_path, pipeline):
     with pytest.raises(CondnetError, match="val/dog/.*data.on_bad_image=error"):
         train(image_config(root, **error), tmp_path / "strict", progress=False)
     assert read_metrics(tmp_path / "strict") == []  # no epoch was recorded
+
+
+def test_evaluate_on_a_folder_with_some_of_the_checkpoints_classes(tmp_path, capsys):
+    run = tmp_path / "run"
+    write_imagefolder(tmp_path / "data", ("cat", "dog", "fish"))
+    train(image_config(tmp_path / "data", **{"train.warmup_epochs": 0}), run, progress=False)
+    mine = plain_folder(tmp_path / "mine", ("fish", "cat"), per_class=3)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(mine), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["count"] == 6 and result["classes"] == 2  # all of it: none was trained on
+    zebra = plain_folder(tmp_path / "zoo", ("cat", "zebra"), per_class=2)
+    assert main(["evaluate", str(run), "--data", str(zebra)]) == 2
+    assert "class 'zebra' is not one of the checkpoint's" in capsys.readouterr().err

@@ -86,11 +86,28 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[Split, Split]:
         raise CondnetError(f"data.root: required for data.source={cfg.source}")
     elif cfg.source == "imagefolder":
         train, val = sources.read_imagefolder(root)
+        if val is None:  # a plain folder of class folders: hold out a class-balanced share
+            train, val = hold_out(train, cfg.val_fraction, seed)
     elif cfg.source == "imagenet64":
         train, val = sources.read_imagenet64(root, Path(cfg.classes) if cfg.classes else None)
     else:
         train, val = sources.read_cifar(root, 10 if cfg.source == "cifar10" else 100, cfg.download)
     return subset(train, cfg.train_subset, seed), subset(val, cfg.val_subset, seed + 1)
+
+
+def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(the rest, the held-out share): `fraction` of each class's examples (at least one),
+    chosen by `seed`; the same files for the same folder and seed."""
+    counts = np.bincount(split.labels, minlength=len(split.class_names))
+    if (counts < 2).any():
+        name = split.class_names[int(np.argmin(counts))]
+        raise CondnetError(
+            f"class {name!r}: needs at least 2 images to hold one out for validation"
+        )
+    size = max(len(split.class_names), round(fraction * len(split)))
+    held = balanced_indices(split.labels, size, seed + 7)
+    rest = np.setdiff1d(np.arange(len(split)), held)
+    return split.take(rest), split.take(held)
 
 
 def subset(split: Split, size: int, seed: int) -> Split:

@@ -72,11 +72,20 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
             )
         classes[folder.name] = files
     if not classes:
-        raise CondnetError(f"{split_dir}: no class folders; expected {split_dir}/<class>/<image>")
+        raise CondnetError(
+            f"{split_dir}: no class folders; expected {split_dir}/<class>/<image> "
+            "(or train/<class>/<image> and val/<class>/<image>)"
+        )
     return classes
 
 
-def read_imagefolder(root: Path) -> tuple[Split, Split]:
+def read_imagefolder(root: Path) -> tuple[Split, Split | None]:
+    """ROOT/train/<class>/* and ROOT/val/<class>/*, or a plain folder of class folders,
+    ROOT/<class>/*, which has no validation split of its own (None)."""
+    _need_dir(root, "data folder")
+    if not (root / "train").exists():
+        classes = _class_files(root)
+        return _file_split(classes, list(classes)), None
     train = _class_files(_need_dir(root / "train", "training folder"))
     val = _class_files(_need_dir(root / "val", "validation folder"))
     unknown = sorted(set(val) - set(train))

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from condnet.config import from_dict
 from condnet.data.datasets import load_splits
+from condnet.data.sources import Split, read_imagefolder
 from condnet.engine import distributed
 from condnet.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from condnet.engine.diagnostics import RoutingMonitor
@@ -66,11 +68,13 @@ def evaluate(
 
 
 def evaluate_checkpoint(
-    path: str | Path, overrides: dict[str, Any] | None = None
+    path: str | Path, overrides: dict[str, Any] | None = None, data: str | None = None
 ) -> dict[str, Any]:
     """Validation loss, top-1 and top-5 of a checkpoint, with its own data config (+ overrides;
-    the network is the checkpoint's, so `model.*` overrides are refused). `epoch`: the epochs
-    it had trained, counted from 1 as in the log."""
+    the network is the checkpoint's, so `model.*` overrides are refused). `data`: another
+    folder instead (for images, all of a plain folder of class folders), whose classes may be
+    some of the checkpoint's (`classes` says how many matched). `epoch`: the epochs it had
+    trained, counted from 1 as in the log."""
     changed = sorted(k for k in overrides or {} if k.startswith("model."))
     if changed:
         raise CondnetError(
@@ -80,17 +84,38 @@ def evaluate_checkpoint(
     state = load_checkpoint(path)
     if "config" not in state:
         raise CondnetError(f"{path}: has no training config; cannot rebuild its validation set")
-    cfg = from_dict(state["config"], overrides)
+    cfg = from_dict(state["config"], {**(overrides or {}), **({"data.root": data} if data else {})})
     rt = make_runtime(cfg.run)
-    _, val_split = load_splits(cfg.data, cfg.run.seed)
-    if len(val_split.class_names) != len(state["class_names"]):
-        raise CondnetError(
-            f"the data has {len(val_split.class_names)} classes, "
-            f"the checkpoint {len(state['class_names'])}"
-        )
+    val_split = _matched(_validation_split(cfg, data is not None), list(state["class_names"]))
     val_set = split_data(cfg, rt, val_split, "val")
     model = place_model(model_from_checkpoint(state), rt)
     result = evaluate(model, eval_loader(cfg, val_set, rt), rt, on_bad_image=cfg.data.on_bad_image)
     epoch = state.get("epoch")
     trained = None if epoch is None else epoch + 1
-    return {"checkpoint": str(path), "epoch": trained, **result, **rt.record()}
+    classes = len(set(val_split.labels.tolist()))
+    return {"checkpoint": str(path), "epoch": trained, "classes": classes, **result, **rt.record()}
+
+
+def _validation_split(cfg, whole_folder: bool) -> Split:
+    """The validation split `cfg` describes; with `whole_folder`, every image of a plain
+    folder of class folders (another folder than the run's, none of it trained on)."""
+    if whole_folder and cfg.data.source == "imagefolder":
+        train, val = read_imagefolder(Path(cfg.data.root))
+        if val is None:
+            return train
+    return load_splits(cfg.data, cfg.run.seed)[1]
+
+
+def _matched(split: Split, names: list[str]) -> Split:
+    """`split` with its labels renumbered as the checkpoint's classes `names`; its classes
+    must be some of them."""
+    if split.class_names == names:
+        return split
+    unknown = [n for n in split.class_names if n not in names]
+    if unknown or len(split.class_names) > len(names):
+        raise CondnetError(
+            f"the data has {len(split.class_names)} classes, the checkpoint {len(names)}"
+            + (f" (class {unknown[0]!r} is not one of the checkpoint's)" if unknown else "")
+        )
+    index = np.array([names.index(n) for n in split.class_names], dtype=np.int64)
+    return Split(split.images, index[split.labels], names)

@@ -26,6 +26,7 @@ FIXED_ON_RESUME = (
     "data.classes",
     "data.train_subset",
     "data.val_subset",
+    "data.val_fraction",
     "data.resize",
     "data.crop",
     "data.mean",
