@@ -116,7 +116,7 @@ class Contender:
 
 def onnx_contender(model: nn.Module, resolution: int, workdir: Path) -> Contender:
     """condnet exported to ONNX (`condnet export`) and run by ONNX Runtime: inference only."""
-    from condnet.data.transforms import TransformSpec
+    from condnet.data.transform_spec import TransformSpec
     from condnet.deploy.bundle import Bundle
     from condnet.deploy.export import OnnxClassifier, export_onnx
 

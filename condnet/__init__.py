@@ -1,12 +1,27 @@
-"""condnet: EfficientNet-style classifiers with standard, SE and SE + CondConv blocks."""
+"""condnet: EfficientNet-style classifiers with standard, SE and SE + CondConv blocks.
 
-from condnet.deploy.fuse import fuse
-from condnet.deploy.inference import prepare_inference
+The public names are imported on first use (`condnet.build_model` brings in torch; `import
+condnet` alone does not), so the command line starts at once.
+"""
+
+from importlib import import_module
+
 from condnet.errors import CondnetError
-from condnet.memory import retain_freed_memory
-from condnet.models import CondNet, NetSpec, build_model, get_spec, list_models
-from condnet.models.layout import channels_last_weights
 from condnet.version import __version__
+
+# name -> the module that defines it
+_PUBLIC = {
+    "CondNet": "condnet.models",
+    "NetSpec": "condnet.models",
+    "build_model": "condnet.models",
+    "get_spec": "condnet.models",
+    "list_models": "condnet.models",
+    "channels_last_weights": "condnet.models.layout",
+    "fuse": "condnet.deploy.fuse",
+    "prepare_inference": "condnet.deploy.inference",
+    "load_pretrained": "condnet.deploy.weights",
+    "retain_freed_memory": "condnet.memory",
+}
 
 __all__ = [
     "CondNet",
@@ -25,10 +40,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Imported on first use: it brings in torchvision and safetensors, which `import condnet`
-    # alone does not need.
-    if name == "load_pretrained":
-        from condnet.deploy.weights import load_pretrained
-
-        return load_pretrained
+    if name in _PUBLIC:
+        value = getattr(import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # the next look-up is a plain attribute
+        return value
     raise AttributeError(f"module 'condnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

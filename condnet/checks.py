@@ -11,6 +11,8 @@ from typing import Any
 
 from condnet.errors import CondnetError
 
+MODEL_OVERRIDES = "model.overrides."  # dotted keys below it name a model override each
+
 
 def check_value(key: str, value: Any, hint: Any, rules: Mapping[str, Any]) -> Any:
     """`value` coerced to type `hint` (bool, int, float, str, list of numbers, dict, or one of

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 
 from condnet.commands import COMMANDS
 from condnet.commands.common import split_set_options
-from condnet.engine.signals import Interrupted
-from condnet.errors import CondnetError
+from condnet.errors import CondnetError, Interrupted
 from condnet.memory import retain_freed_memory
 from condnet.version import __version__
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from condnet.checks import check_value, did_you_mean
+from condnet.checks import MODEL_OVERRIDES, check_value, did_you_mean
 from condnet.errors import CondnetError
 from condnet.files import write_atomically
 from condnet.models import get_spec
@@ -25,7 +25,6 @@ from condnet.paper import IMAGENET_MEAN, IMAGENET_STD
 SOURCES = ("imagefolder", "imagenet64", "cifar10", "cifar100", "fashion-mnist", "synthetic")
 PIPELINES = ("torchvision", "tensor")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-MODEL_OVERRIDES = "model.overrides."  # dotted keys below it name a model override each
 
 
 def _spec(default: Any = dataclasses.MISSING, **rules: Any) -> Any:

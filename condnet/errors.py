@@ -19,3 +19,13 @@ def first_line(err: BaseException, limit: int = 200) -> str:
         return line
     cut = line[: limit - 3].rsplit(" ", 1)[0]  # whole words only
     return cut + "..."
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal; `last.pt` holds the last completed epoch."""
+
+    def __init__(self, signum: int, epoch: int = -1, step: int = -1) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.epoch, self.step = signum, epoch, step

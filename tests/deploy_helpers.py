@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import condnet
-from condnet.data.transforms import TransformSpec
+from condnet.data.transform_spec import TransformSpec
 from condnet.engine.checkpoint import checkpoint_state, save_checkpoint
 
 # Small enough for quick tests, with every block kind's structure intact.

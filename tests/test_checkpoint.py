@@ -134,7 +134,7 @@ def wrong_files(folder: Path) -> dict[str, str]:
     """Files a newcomer passes as a checkpoint, each with what condnet should call it."""
     from PIL import Image
 
-    from condnet.data.transforms import TransformSpec
+    from condnet.data.transform_spec import TransformSpec
     from condnet.deploy.bundle import Bundle
     from condnet.deploy.weights import save_weights
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import condnet
 from condnet.cli import main
-from condnet.data.transforms import TransformSpec
+from condnet.data.transform_spec import TransformSpec
 from condnet.deploy.bundle import Bundle
 from condnet.deploy.export import OnnxClassifier, check_onnx, export_onnx, require
 from condnet.deploy.model_file import read_bundle

@@ -3,6 +3,8 @@
 import json
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from PIL import Image
 
 from condnet.cli import main
 from condnet.data.images import load_rgb
-from condnet.data.transforms import TransformSpec
+from condnet.data.transform_spec import TransformSpec
 from condnet.deploy.bundle import Bundle
 from condnet.deploy.export import export_onnx
 from condnet.deploy.predict import Failure, Prediction, load_classifier, predict
@@ -119,8 +121,7 @@ def test_probabilities_follow_the_stored_eval_transform(files):
     classifier = load_classifier(files["pt"])
     path = files["images"] / "e_cmyk.jpg"
     (result,) = predict(classifier, [path], topk=7)
-    transform = TransformSpec.from_dict(EVAL_TRANSFORM).build()
-    image = transform(load_rgb(path))
+    image = torch.from_numpy(TransformSpec.from_dict(EVAL_TRANSFORM).to_array(load_rgb(path)))
     assert image.shape == (3, 32, 32)
     with torch.no_grad():
         want = files["model"](image[None]).softmax(1)[0].double()
@@ -246,3 +247,42 @@ def test_no_images_and_bad_model_are_usage_errors(files, tmp_path, capsys):
     assert main(["predict", str(fake), str(files["images"])]) == 2
     err = capsys.readouterr().err
     assert "not a readable ONNX model" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("size", [(70, 50), (50, 70), (33, 33), (200, 41)])
+def test_predicts_transform_is_torchvisions_within_one_gray_level(size):
+    """Predict resizes with Pillow (no torch, so an ONNX model runs without it); training's
+    evaluation with torchvision's antialiased tensor resize. They differ by at most one gray
+    level per pixel, and the crop is in the same place."""
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    spec = TransformSpec(resize=36, crop=32)
+    ours, theirs = spec.to_array(image), spec.build()(image).numpy()
+    assert ours.shape == theirs.shape == (3, 32, 32) and ours.dtype == np.float32
+    one_level = 1 / 255 / np.asarray(spec.std, dtype=np.float32)[:, None, None]
+    assert (np.abs(ours - theirs) <= one_level * 1.001).all()
+    assert np.mean(ours == theirs) > 0.5  # most pixels exactly equal
+
+
+NO_TORCH = """
+import sys
+from condnet.cli import build_parser, main
+build_parser()
+assert "torch" not in sys.modules, "building the parser imported torch"
+code = main(["predict", "--json", *sys.argv[1:]])
+print("torch" in sys.modules, code)
+"""
+
+
+def test_the_command_line_and_an_onnx_prediction_never_import_torch(files):
+    """`condnet --help` starts at once, and predict with an ONNX model runs without torch
+    (the startup times and memory are measured by benchmarks/cli_startup.py)."""
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(files["onnx"]), str(files["images"] / "a_rgb.jpg")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    *predictions, last = done.stdout.strip().splitlines()
+    assert last == "False 0" and json.loads(predictions[0])["top"]

@@ -7,7 +7,7 @@ from torch import nn
 
 import condnet
 from condnet.config import TrainConfig
-from condnet.data.transforms import TransformSpec
+from condnet.data.transform_spec import TransformSpec
 from condnet.deploy.bundle import Bundle
 from condnet.deploy.export import check_onnx, export_onnx
 from condnet.deploy.weights import save_weights

@@ -190,7 +190,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_a_run_starts_from_weights_given_in_a_checkpoint_or_a_safetensors_file(tmp_path, capsys):
-    from condnet.data.transforms import TransformSpec
+    from condnet.data.transform_spec import TransformSpec
     from condnet.deploy.bundle import Bundle
     from condnet.deploy.weights import save_weights
 

@@ -3,13 +3,9 @@
 import argparse
 import json
 
-import torch
-
+from condnet.choices import BENCH_BACKENDS, DEVICES, FORMULATIONS
 from condnet.commands.common import add_set_option, parse_model_overrides, short_assignments
-from condnet.deploy.bench import BACKENDS, DEVICES, bench, format_timings, timings_to_dict
 from condnet.errors import CondnetError
-from condnet.models import build_model
-from condnet.models.condconv import FORMULATIONS, set_formulation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backend",
         default="eager,fused,onnxruntime",
-        help=f"comma-separated, from {','.join(BACKENDS)} (eager,fused,onnxruntime)",
+        help=f"comma-separated, from {','.join(BENCH_BACKENDS)} (eager,fused,onnxruntime)",
     )
     p.add_argument("--device", default="cpu", choices=DEVICES, help="cpu or cuda (cpu)")
     p.add_argument(
@@ -37,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from condnet.deploy.bench import bench, format_timings, timings_to_dict
+    from condnet.models import build_model
+    from condnet.models.condconv import set_formulation
+
     batches = _int_list("--batch", args.batch)
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     model = build_model(args.model, **parse_model_overrides(args.set))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from condnet.config import MODEL_OVERRIDES
+from condnet.checks import MODEL_OVERRIDES
 from condnet.errors import CondnetError
 
 
@@ -79,7 +80,9 @@ def short_assignments(items: Sequence[str]) -> list[str]:
 def chosen_model_file(path: str, last: bool) -> str:
     """The file a model argument names (`condnet.engine.checkpoint.model_file`), said on
     stderr when a run folder was given, so the output names the file used."""
-    from condnet.engine.checkpoint import model_file  # brings in torch only when needed
+    if not Path(path).is_dir():
+        return path  # a file (an ONNX one too): nothing to choose, torch not imported
+    from condnet.engine.checkpoint import model_file
 
     chosen = model_file(path, last)
     if str(chosen) != path:

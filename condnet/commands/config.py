@@ -2,10 +2,7 @@
 
 import argparse
 
-import yaml
-
 from condnet.commands.common import add_run_options, add_set_option, run_overrides
-from condnet.config import load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from condnet.config import load_config
+
     cfg = load_config(args.config, run_overrides(args))
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0

@@ -5,8 +5,6 @@ import sys
 from pathlib import Path
 
 from condnet.commands.common import add_set_option, parse_assignments
-from condnet.config import load_config
-from condnet.data.prepare import prepare_imagenet
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from condnet.data.prepare import prepare_imagenet
+
     counts = prepare_imagenet(
         args.src, args.dst, args.classes, workers=args.workers, size=args.size
     )
@@ -36,6 +36,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_cache(args: argparse.Namespace) -> int:
+    from condnet.config import load_config
     from condnet.data.datasets import build_caches  # brings in torch only when needed
 
     cfg = load_config(args.config, parse_assignments(args.set))

@@ -4,8 +4,6 @@ import argparse
 import json
 
 from condnet.commands.common import add_set_option, parse_assignments
-from condnet.engine.checkpoint import model_file
-from condnet.engine.evaluation import evaluate_checkpoint
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_assignments(args.set)
     if args.device:
         overrides["run.device"] = args.device
+    from condnet.engine.checkpoint import model_file
+    from condnet.engine.evaluation import evaluate_checkpoint
+
     result = evaluate_checkpoint(model_file(args.checkpoint, args.last), overrides, args.data)
     if args.json:
         print(json.dumps(result))

@@ -2,13 +2,9 @@
 
 import argparse
 
+from condnet.choices import CHECK_BATCHES, CHECK_TOLERANCE, MAX_OPSET, OPSET, WEIGHTS_SUFFIX
 from condnet.commands.common import chosen_model_file
-from condnet.deploy.export import CHECK_BATCHES, CHECK_TOLERANCE, OPSET, check_onnx, export_onnx
-from condnet.deploy.model_file import read_bundle
-from condnet.deploy.weights import WEIGHTS_SUFFIX, save_weights
 from condnet.errors import CondnetError
-
-MAX_OPSET = 20  # the TorchScript exporter's newest
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
         raise CondnetError(f"--weights: expected a file name ending in {WEIGHTS_SUFFIX}")
     if not OPSET <= args.opset <= MAX_OPSET:
         raise CondnetError(f"--opset: expected {OPSET} to {MAX_OPSET}, got {args.opset}")
+    from condnet.deploy.export import check_onnx, export_onnx
+    from condnet.deploy.model_file import read_bundle
+    from condnet.deploy.weights import save_weights
+
     bundle = read_bundle(chosen_model_file(args.checkpoint, args.last))
     if args.weights:
         save_weights(bundle, args.weights)

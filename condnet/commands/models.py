@@ -2,8 +2,6 @@
 
 import argparse
 
-from condnet.models import get_spec, list_models
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the model presets")
@@ -11,6 +9,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from condnet.models import get_spec, list_models
+
     for name in list_models():
         stages = get_spec(name).stages
         print(f"{name:<16} blocks: {', '.join(sorted({s.block for s in stages}))}")

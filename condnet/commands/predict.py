@@ -5,7 +5,6 @@ import json
 import sys
 
 from condnet.commands.common import chosen_model_file
-from condnet.deploy.predict import Failure, format_prediction, load_classifier, predict
 from condnet.errors import CondnetError
 
 
@@ -31,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from condnet.deploy.predict import Failure, format_prediction, load_classifier, predict
+
     if args.topk < 1 or args.batch_size < 1:
         raise CondnetError("--topk and --batch-size must be positive integers")
     classifier = load_classifier(chosen_model_file(args.model, args.last), args.device)

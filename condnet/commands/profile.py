@@ -5,8 +5,6 @@ import json
 
 from condnet.commands.common import add_set_option, parse_model_overrides
 from condnet.errors import CondnetError
-from condnet.models import build_model
-from condnet.models.complexity import format_profile, profile
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from condnet.models import build_model
+    from condnet.models.complexity import format_profile, profile
+
     if args.resolution < 1:
         raise CondnetError(f"--resolution: expected a positive integer, got {args.resolution}")
     overrides = parse_model_overrides(args.set)

@@ -4,8 +4,6 @@ import argparse
 
 from condnet.commands.common import add_run_options, add_set_option, run_overrides
 from condnet.errors import CondnetError
-from condnet.report.build import build_report, table3_text
-from condnet.reproduce import reproduce
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,11 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _print(path, rows) -> None:
+    from condnet.report.build import table3_text
+
     print(table3_text(rows))
     print(f"report: {path}")
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
+    from condnet.reproduce import reproduce
+
     if args.jobs < 1:
         raise CondnetError(f"--jobs: expected an integer >= 1, got {args.jobs}")
     _print(*reproduce(args.config, args.out, run_overrides(args), jobs=args.jobs))
@@ -41,5 +43,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from condnet.report.build import build_report
+
     _print(*build_report(args.out))
     return 0

@@ -3,9 +3,6 @@
 import argparse
 from pathlib import Path
 
-from condnet.engine.checkpoint import load_checkpoint
-from condnet.report.routing import plot_by_class, plot_training, routing_records, routing_table
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from condnet.engine.checkpoint import load_checkpoint
+    from condnet.report.routing import plot_by_class, plot_training, routing_records, routing_table
+
     folder = Path(args.run_dir)
     records = routing_records(folder)
     out = Path(args.out) if args.out else folder

@@ -4,8 +4,6 @@ import argparse
 from pathlib import Path
 
 from condnet.commands.common import add_run_options, add_set_option, run_overrides
-from condnet.config import load_config
-from condnet.engine.trainer import resume_config, train
 from condnet.errors import CondnetError
 
 
@@ -26,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from condnet.config import load_config
+    from condnet.engine.trainer import resume_config, train
+
     overrides = run_overrides(args)
     if args.resume:
         if args.config:

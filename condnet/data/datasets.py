@@ -17,7 +17,8 @@ from condnet.data.cache import CachedSplit, cache_folder, load_cached, wait_for_
 from condnet.data.images import BadImage, load_rgb
 from condnet.data.sources import Split
 from condnet.data.tensor_loader import IGNORE
-from condnet.data.transforms import TransformSpec, train_transform
+from condnet.data.transform_spec import TransformSpec
+from condnet.data.transforms import train_transform
 from condnet.errors import CondnetError
 
 

@@ -18,15 +18,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from condnet.data.transforms import TransformSpec
+from condnet.choices import BENCH_BACKENDS, DEVICES
+from condnet.data.transform_spec import TransformSpec
 from condnet.deploy.bundle import Bundle
 from condnet.deploy.inference import prepare_inference
 from condnet.errors import CondnetError
 from condnet.models import CondNet
 from condnet.timing import time_call
 
-BACKENDS = ("eager", "fused", "compile", "onnxruntime")
-DEVICES = ("cpu", "cuda")
+BACKENDS = BENCH_BACKENDS
 
 
 @dataclass(frozen=True)

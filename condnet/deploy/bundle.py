@@ -7,21 +7,22 @@ written by `Bundle.metadata` and read back by `read_metadata`, so each file is s
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from condnet.data.transforms import TransformSpec
+from condnet.data.transform_spec import TransformSpec
+from condnet.deploy.onnx_model import (
+    CLASSES_KEY,
+    SPEC_KEY,
+    TRANSFORM_KEY,
+    VERSION_KEY,
+    check_class_names,
+    read_metadata_json,
+)
 from condnet.engine.checkpoint import checkpoint_transform, model_from_checkpoint
-from condnet.errors import CondnetError
 from condnet.models import CondNet, NetSpec
 from condnet.version import __version__
-
-# Metadata keys shared by the safetensors and ONNX files.
-SPEC_KEY = "condnet.model_spec"
-CLASSES_KEY = "condnet.class_names"
-TRANSFORM_KEY = "condnet.eval_transform"
-VERSION_KEY = "condnet.version"
 
 
 @dataclass
@@ -53,31 +54,7 @@ class Bundle:
         }
 
 
-def check_class_names(names: Any, num_classes: int) -> None:
-    """`names` must be a list of `num_classes` strings."""
-    if isinstance(names, str) or not isinstance(names, Sequence):
-        raise CondnetError("class_names: expected a list of strings")
-    if not all(isinstance(n, str) for n in names):
-        raise CondnetError("class_names: expected a list of strings")
-    if len(names) != num_classes:
-        raise CondnetError(
-            f"class_names: {len(names)} names for a model with {num_classes} classes"
-        )
-
-
 def read_metadata(meta: Mapping[str, str], source: str) -> tuple[NetSpec, list[str], TransformSpec]:
     """(spec, class names, eval transform) from metadata written by `Bundle.metadata`."""
-    missing = [k for k in (SPEC_KEY, CLASSES_KEY, TRANSFORM_KEY) if k not in meta]
-    if missing:
-        raise CondnetError(f"{source}: not a condnet file (metadata {missing[0]!r} is missing)")
-    try:
-        spec, names, transform = (
-            json.loads(meta[k]) for k in (SPEC_KEY, CLASSES_KEY, TRANSFORM_KEY)
-        )
-    except json.JSONDecodeError as err:
-        raise CondnetError(f"{source}: unreadable condnet metadata ({err})") from None
-    if not isinstance(spec, dict) or not isinstance(transform, dict):
-        raise CondnetError(f"{source}: unreadable condnet metadata (expected JSON objects)")
-    net_spec = NetSpec.from_dict(spec)
-    check_class_names(names, net_spec.num_classes)
-    return net_spec, list(names), TransformSpec.from_dict(transform)
+    spec, names, transform = read_metadata_json(meta, source)
+    return NetSpec.from_dict(spec), names, transform

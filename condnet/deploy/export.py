@@ -9,37 +9,21 @@ ten times longer.
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from condnet.deploy.bundle import Bundle, read_metadata
+from condnet.choices import CHECK_BATCHES, OPSET
+from condnet.deploy.bundle import Bundle
 from condnet.deploy.fuse import fuse
-from condnet.errors import CondnetError, first_line
+from condnet.deploy.onnx_model import INPUT_NAME, OUTPUT_NAME, OnnxModel, require
 from condnet.files import write_atomically
+from condnet.models import NetSpec
 from condnet.models.condconv import set_formulation
-
-OPSET = 17
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
-CHECK_BATCHES = (1, 7, 64)
-CHECK_TOLERANCE = 1e-4
-
-
-def require(module: str) -> ModuleType:
-    """Import an optional deployment dependency, or say how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise CondnetError(f"{module} is not installed: pip install condnet[deploy]") from None
 
 
 def deployable(model: nn.Module) -> nn.Module:
@@ -72,26 +56,15 @@ def export_onnx(bundle: Bundle, path: str | os.PathLike, opset: int = OPSET) -> 
     write_atomically(path, lambda tmp: onnx.save(proto, tmp))
 
 
-class OnnxClassifier:
-    """An exported condnet model in ONNX Runtime: images (N x C x H x W) in, logits out."""
+class OnnxClassifier(OnnxModel):
+    """`OnnxModel` with torch tensors in and out, and the network's spec (`NetSpec`)."""
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu") -> None:
-        ort = require("onnxruntime")
-        provider = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[device]
-        if provider not in ort.get_available_providers():
-            raise CondnetError(f"onnxruntime has no {provider} here (pip install onnxruntime-gpu)")
-        if not Path(path).is_file():
-            raise CondnetError(f"ONNX file not found: {path}")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=[provider])
-        except Exception as err:  # noqa: BLE001 (onnxruntime's own exception types)
-            raise CondnetError(f"{path}: not a readable ONNX model ({first_line(err)})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.spec, self.class_names, self.transform = read_metadata(meta, str(path))
+        super().__init__(path, device)
+        self.spec = NetSpec.from_dict(self.spec_data)
 
     def __call__(self, images: Tensor) -> Tensor:
-        feed = {INPUT_NAME: images.detach().cpu().numpy().astype(np.float32, copy=False)}
-        return torch.from_numpy(self.session.run([OUTPUT_NAME], feed)[0])
+        return torch.from_numpy(super().__call__(images.detach().cpu().numpy()))
 
 
 @torch.no_grad()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from condnet.choices import WEIGHTS_SUFFIX
 from condnet.deploy.bundle import Bundle
-from condnet.deploy.weights import WEIGHTS_SUFFIX, read_weights
+from condnet.deploy.weights import read_weights
 from condnet.engine.checkpoint import load_checkpoint
 from condnet.files import file_kind
 

@@ -1,7 +1,8 @@
 """Classify image files with a checkpoint, a safetensors weights file or an ONNX file.
 
 Images are decoded to RGB whatever their format and mode (`condnet.data.images.load_rgb`),
-passed through the model's eval transform and classified in batches; directories are read
+passed through the model's eval transform (Pillow and NumPy: `TransformSpec.to_array`) and
+classified in batches, with an ONNX file without importing torch; directories are read
 recursively in sorted order, one batch in memory at a time. A file that cannot be decoded
 becomes a `Failure` in the stream of results instead of stopping the run.
 """
@@ -15,13 +16,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from condnet.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, BadImage, load_rgb
-from condnet.data.transforms import TransformSpec
-from condnet.deploy.inference import prepare_inference
-from condnet.deploy.model_file import read_bundle
+from condnet.data.transform_spec import TransformSpec
 from condnet.errors import CondnetError
 
 ONNX_SUFFIX = ".onnx"
@@ -29,9 +27,10 @@ ONNX_SUFFIX = ".onnx"
 
 @dataclass(frozen=True)
 class Classifier:
-    """A batch of normalised images -> logits, with the class names and eval transform."""
+    """A batch of normalised images -> logits (NumPy arrays), with the class names and eval
+    transform."""
 
-    logits: Callable[[Tensor], Tensor]
+    logits: Callable[[np.ndarray], np.ndarray]
     class_names: list[str]
     transform: TransformSpec
 
@@ -57,32 +56,38 @@ class Failure:
 
 
 def load_classifier(path: str | os.PathLike, device: str = "cpu") -> Classifier:
-    """A `Classifier` from a ``.onnx`` file, a ``.safetensors`` file or a checkpoint, run on
-    `device` (``cpu`` or ``cuda``)."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CondnetError("--device cuda: no CUDA device is available")
+    """A `Classifier` from a ``.onnx`` file (ONNX Runtime, no torch), a ``.safetensors`` file
+    or a checkpoint, run on `device` (``cpu`` or ``cuda``)."""
     if Path(path).suffix == ONNX_SUFFIX:
-        from condnet.deploy.export import OnnxClassifier  # needs the optional onnxruntime
+        from condnet.deploy.onnx_model import OnnxModel  # needs the optional onnxruntime
 
-        session = OnnxClassifier(path, device)
-        in_channels = session.spec.in_channels
-        classifier = Classifier(session, session.class_names, session.transform)
+        model = OnnxModel(path, device)
+        classifier = Classifier(model, model.class_names, model.transform)
+        in_channels = model.in_channels
     else:
-        bundle = read_bundle(path)
-        in_channels = bundle.model.spec.in_channels
-        model = prepare_inference(bundle.model).to(device)
-        classifier = Classifier(_inference(model, device), bundle.class_names, bundle.transform)
+        classifier, in_channels = _torch_classifier(path, device)
     if in_channels != 3:
         raise CondnetError(f"{path}: the model takes {in_channels} input channels; images are RGB")
     return classifier
 
 
-def _inference(model: torch.nn.Module, device: str) -> Callable[[Tensor], Tensor]:
-    def logits(images: Tensor) -> Tensor:
-        with torch.inference_mode():
-            return model(images.to(device)).cpu()
+def _torch_classifier(path: str | os.PathLike, device: str) -> tuple[Classifier, int]:
+    import torch
 
-    return logits
+    from condnet.deploy.inference import prepare_inference
+    from condnet.deploy.model_file import read_bundle
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CondnetError("--device cuda: no CUDA device is available")
+    bundle = read_bundle(path)
+    model = prepare_inference(bundle.model).to(device)
+
+    def logits(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(images).to(device)).float().cpu().numpy()
+
+    classifier = Classifier(logits, bundle.class_names, bundle.transform)
+    return classifier, bundle.model.spec.in_channels
 
 
 def find_images(inputs: Iterable[str | os.PathLike]) -> Iterator[Path | Failure]:
@@ -116,17 +121,17 @@ def predict(
     """Classify every image found in `inputs`, in order, `batch_size` images at a time."""
     if topk < 1 or batch_size < 1:
         raise CondnetError(f"topk and batch_size must be positive, got {topk} and {batch_size}")
-    transform, resize = classifier.transform.build(), classifier.transform.resize
+    spec = classifier.transform
     found = find_images(inputs)
     while chunk := list(islice(found, batch_size)):
-        decoded = [_decode(item, transform, resize) for item in chunk]
-        images = [item for item in decoded if isinstance(item, Tensor)]
-        tops = iter(_top(classifier, torch.stack(images), topk) if images else [])
+        decoded = [_decode(item, spec) for item in chunk]
+        images = [item for item in decoded if isinstance(item, np.ndarray)]
+        tops = iter(_top(classifier, np.stack(images), topk) if images else [])
         for path, item in zip(chunk, decoded, strict=True):
             yield item if isinstance(item, Failure) else Prediction(str(path), next(tops))
 
 
-def _decode(item: Path | Failure, transform: Callable, resize: int) -> Tensor | Failure:
+def _decode(item: Path | Failure, spec: TransformSpec) -> np.ndarray | Failure:
     if isinstance(item, Failure):
         return item
     try:
@@ -134,20 +139,24 @@ def _decode(item: Path | Failure, transform: Callable, resize: int) -> Tensor | 
     except BadImage as err:
         return Failure(str(item), str(err))
     # Resizing the short side of a long thin image can need far more memory than decoding it.
-    long_side = max(image.size) * resize / min(image.size)
-    if long_side * resize > MAX_PIXELS:
+    long_side = max(image.size) * spec.resize / min(image.size)
+    if long_side * spec.resize > MAX_PIXELS:
         width, height = image.size
         return Failure(str(item), f"{item}: {width}x{height} pixels is too elongated to resize")
-    return transform(image)
+    return spec.to_array(image)
 
 
-def _top(classifier: Classifier, images: Tensor, topk: int) -> list[list[tuple[int, str, float]]]:
-    probabilities = classifier.logits(images).double().softmax(1)
-    values, indices = probabilities.topk(min(topk, probabilities.shape[1]), dim=1)
+def _top(classifier: Classifier, images: np.ndarray, topk: int) -> list[list[tuple]]:
+    """Per image, the `topk` (index, name, probability), best first (softmax in float64)."""
+    logits = classifier.logits(images).astype(np.float64)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    k = min(topk, probabilities.shape[1])
+    indices = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     names = classifier.class_names
     return [
-        [(i, names[i], p) for i, p in zip(row_i.tolist(), row_p.tolist(), strict=True)]
-        for row_i, row_p in zip(indices, values, strict=True)
+        [(int(i), names[int(i)], float(row[i])) for i in order]
+        for order, row in zip(indices, probabilities, strict=True)
     ]
 
 

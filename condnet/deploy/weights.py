@@ -19,8 +19,6 @@ from condnet.errors import CondnetError
 from condnet.files import write_atomically
 from condnet.models import CondNet
 
-WEIGHTS_SUFFIX = ".safetensors"
-
 
 def save_weights(bundle: Bundle, path: str | os.PathLike) -> None:
     """Write the model's state dict and metadata to `path` atomically."""

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from condnet.config import Config
-from condnet.data.transforms import TransformSpec
+from condnet.data.transform_spec import TransformSpec
 from condnet.errors import CondnetError, first_line
 from condnet.files import file_kind, write_atomically
 from condnet.models import CondNet, NetSpec

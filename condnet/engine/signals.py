@@ -7,14 +7,7 @@ import threading
 from types import FrameType
 
 from condnet.engine.distributed import Dist, StopVote
-
-
-class Interrupted(Exception):
-    """Training stopped on a signal; `last.pt` holds the last completed epoch."""
-
-    def __init__(self, signum: int, epoch: int = -1, step: int = -1) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum, self.epoch, self.step = signum, epoch, step
+from condnet.errors import Interrupted
 
 
 class StopSignals:

@@ -15,7 +15,7 @@ from torch import nn
 
 from condnet.config import Config, TrainConfig, from_dict
 from condnet.data.datasets import load_splits
-from condnet.data.transforms import TransformSpec
+from condnet.data.transform_spec import TransformSpec
 from condnet.engine import distributed
 from condnet.engine.checkpoint import (
     checkpoint_state,

@@ -27,11 +27,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from condnet.choices import FORMULATIONS
 from condnet.errors import CondnetError
 from condnet.models import condconv_forms as forms
 from condnet.models.pooling import spatial_mean
 
-FORMULATIONS = ("auto", "grouped", "batched")
 # `auto` mixes kernels only where the output has more pixels than this (else it scales inputs).
 STACKED_MAX_PIXELS = 16
 
