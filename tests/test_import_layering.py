@@ -16,6 +16,7 @@ LAYERS = (
         "condnet.paper",
         "condnet.timing",
         "condnet.checks",
+        "condnet.choices",
     ),
     ("condnet.models",),
     ("condnet.config",),
