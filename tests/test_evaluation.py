@@ -38,3 +38,22 @@ def test_evaluate_on_a_folder_with_some_of_the_checkpoints_classes(tmp_path, cap
     zebra = plain_folder(tmp_path / "zoo", ("cat", "zebra"), per_class=2)
     assert main(["evaluate", str(run), "--data", str(zebra)]) == 2
     assert "class 'zebra' is not one of the checkpoint's" in capsys.readouterr().err
+
+
+def test_evaluate_takes_a_weights_file_with_the_datas_config(tmp_path, capsys):
+    """A .safetensors file holds no training config: the data comes from --config and
+    --set, its sizes and normalisation from the file's eval transform."""
+    run = tmp_path / "run"
+    write_imagefolder(tmp_path / "data", ("cat", "dog", "fish"))
+    train(image_config(tmp_path / "data", **{"train.warmup_epochs": 0}), run, progress=False)
+    weights = tmp_path / "w.safetensors"
+    assert main(["export", str(run), "--last", "--weights", str(weights)]) == 0
+    capsys.readouterr()
+    sets = ["data.source=imagefolder", f"data.root={tmp_path / 'data'}", "run.threads=1"]
+    assert main(["evaluate", str(weights), "--json", "--set", *sets]) == 0
+    from_weights = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(run), "--last", "--json"]) == 0
+    from_checkpoint = json.loads(capsys.readouterr().out)
+    assert from_weights["epoch"] is None and from_weights["count"] == from_checkpoint["count"]
+    assert from_weights["top1"] == from_checkpoint["top1"]
+    assert from_weights["loss"] == pytest.approx(from_checkpoint["loss"], rel=1e-5)

@@ -75,25 +75,39 @@ def evaluate_checkpoint(
     folder instead (for images, all of a plain folder of class folders), whose classes may be
     some of the checkpoint's (`classes` says how many matched). `epoch`: the epochs it had
     trained, counted from 1 as in the log."""
+    _refuse_model_overrides(overrides)
+    state = load_checkpoint(path)
+    if "config" not in state:
+        raise CondnetError(f"{path}: has no training config; cannot rebuild its validation set")
+    cfg = from_dict(state["config"], {**(overrides or {}), **({"data.root": data} if data else {})})
+    model = model_from_checkpoint(state)
+    result = evaluate_model(model, list(state["class_names"]), cfg, whole_folder=bool(data))
+    epoch = state.get("epoch")
+    return {"checkpoint": str(path), "epoch": None if epoch is None else epoch + 1, **result}
+
+
+def evaluate_model(
+    model: nn.Module, class_names: list[str], cfg, *, whole_folder: bool = False
+) -> dict[str, Any]:
+    """Loss, top-1, top-5, image and class counts of `model` (classes `class_names`) on the
+    validation data `cfg` describes (`whole_folder`: all of a plain folder of class folders),
+    with how it computed (`Runtime.record`)."""
+    rt = make_runtime(cfg.run)
+    val_split = _matched(_validation_split(cfg, whole_folder), class_names)
+    val_set = split_data(cfg, rt, val_split, "val")
+    model = place_model(model, rt)
+    result = evaluate(model, eval_loader(cfg, val_set, rt), rt, on_bad_image=cfg.data.on_bad_image)
+    classes = len(set(val_split.labels.tolist()))
+    return {"classes": classes, **result, **rt.record()}
+
+
+def _refuse_model_overrides(overrides: dict[str, Any] | None) -> None:
     changed = sorted(k for k in overrides or {} if k.startswith("model."))
     if changed:
         raise CondnetError(
             f"--set {changed[0]}: evaluate uses the checkpoint's own network; "
             "export it or train another to change it"
         )
-    state = load_checkpoint(path)
-    if "config" not in state:
-        raise CondnetError(f"{path}: has no training config; cannot rebuild its validation set")
-    cfg = from_dict(state["config"], {**(overrides or {}), **({"data.root": data} if data else {})})
-    rt = make_runtime(cfg.run)
-    val_split = _matched(_validation_split(cfg, data is not None), list(state["class_names"]))
-    val_set = split_data(cfg, rt, val_split, "val")
-    model = place_model(model_from_checkpoint(state), rt)
-    result = evaluate(model, eval_loader(cfg, val_set, rt), rt, on_bad_image=cfg.data.on_bad_image)
-    epoch = state.get("epoch")
-    trained = None if epoch is None else epoch + 1
-    classes = len(set(val_split.labels.tolist()))
-    return {"checkpoint": str(path), "epoch": trained, "classes": classes, **result, **rt.record()}
 
 
 def _validation_split(cfg, whole_folder: bool) -> Split:
