@@ -29,19 +29,24 @@ from condnet.timing import time_call  # noqa: E402
 AUTO = CondConv2d._cpu_form
 
 
-def small_maps_mixture(layer: CondConv2d, x: torch.Tensor) -> str:
-    """`auto`, but the expert mixture where `auto` stacks (1x1, at most 16 output pixels)."""
+def small_maps_stacked(layer: CondConv2d, x: torch.Tensor) -> str:
+    """`auto`, but the stacked form where `auto` sums the experts' outputs (the rule before
+    2026-12-08: 1x1, at most 16 output pixels)."""
     form = AUTO(layer, x)
-    return "mixture" if form == "stacked" else form
+    return "stacked" if form == "mixture" and layer.kernel_size == (1, 1) else form
 
 
 def matmul_not_rows(layer: CondConv2d, x: torch.Tensor) -> str:
     """`auto`, but the NCHW-view batched product where `auto` takes the channels_last rows."""
-    form = small_maps_mixture(layer, x)
+    form = AUTO(layer, x)
     return "matmul" if form == "rows" else form
 
 
-RULES = {"auto": AUTO, "small maps: mixture": small_maps_mixture, "+ matmul": matmul_not_rows}
+RULES = {
+    "auto": AUTO,
+    "small maps: stacked": small_maps_stacked,
+    "matmul not rows": matmul_not_rows,
+}
 
 
 def step_time(name: str, args) -> float:
