@@ -29,11 +29,10 @@ from condnet.timing import time_call  # noqa: E402
 AUTO = CondConv2d._cpu_form
 
 
-def small_maps_stacked(layer: CondConv2d, x: torch.Tensor) -> str:
-    """`auto`, but the stacked form where `auto` sums the experts' outputs (the rule before
-    2026-12-08: 1x1, at most 16 output pixels)."""
+def small_maps_mixture(layer: CondConv2d, x: torch.Tensor) -> str:
+    """`auto`, but the experts' outputs summed where `auto` stacks (1x1, at most 16 pixels)."""
     form = AUTO(layer, x)
-    return "stacked" if form == "mixture" and layer.kernel_size == (1, 1) else form
+    return "mixture" if form == "stacked" else form
 
 
 def matmul_not_rows(layer: CondConv2d, x: torch.Tensor) -> str:
@@ -44,7 +43,7 @@ def matmul_not_rows(layer: CondConv2d, x: torch.Tensor) -> str:
 
 RULES = {
     "auto": AUTO,
-    "small maps: stacked": small_maps_stacked,
+    "small maps: mixture": small_maps_mixture,
     "matmul not rows": matmul_not_rows,
 }
 

@@ -24,7 +24,7 @@ def naive(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("batch", [1, 5])
 @pytest.mark.parametrize("kernel_size", [1, 3])
-@pytest.mark.parametrize("size", [9, 4])  # 4x4: `auto` takes the expert mixture for 1x1 convs
+@pytest.mark.parametrize("size", [9, 4])  # 4x4: `auto` takes the stacked form for 1x1 convs
 # channels_last: `auto` runs depthwise batches in the compiled kernel and 1x1 convs as row products
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_matches_per_example_loop(depthwise, stride, batch, kernel_size, formulation, size, layout):
@@ -58,7 +58,7 @@ def test_grouped_not_depthwise_and_own_routing(formulation, kernel_size):
 @pytest.mark.parametrize("formulation", FORMULATIONS)
 @pytest.mark.parametrize("kernel_size", [1, 3])
 @pytest.mark.parametrize("groups", [1, 2])
-@pytest.mark.parametrize("size", [9, 4])  # 4x4: `auto` takes the expert mixture for 1x1 convs
+@pytest.mark.parametrize("size", [9, 4])  # 4x4: `auto` takes the stacked form for 1x1 convs
 def test_bias_is_added_after_mixing(formulation, kernel_size, groups, size):
     layer = with_bias(CondConv2d(6, 8, kernel_size, 2, groups=groups, num_experts=3))
     layer.formulation = formulation
@@ -137,15 +137,11 @@ def test_experts_initialised_independently():
         assert 0.99 * bound <= expert.abs().max() <= bound
 
 
-def test_auto_sums_the_experts_outputs_on_small_1x1_maps(monkeypatch):
-    """On a map of at most 16 output pixels, `auto` on the CPU builds no per-example kernels:
-    one plain conv per expert (4x4 here), the mixed kernels on a larger map (5x5)."""
+def test_auto_picks_the_stacked_form_for_small_1x1_maps(monkeypatch):
     layer = CondConv2d(6, 8, 1, num_experts=4)
     shapes = spy_conv2d(monkeypatch, lambda a, k: a[1].shape)
     layer(torch.randn(5, 6, 4, 4), torch.rand(5, 4))
-    assert shapes == [torch.Size([8, 6, 1, 1])] * 4
-    assert layer.choose_form(torch.randn(5, 6, 5, 5)) in ("rows", "matmul")
-    assert layer.choose_form(torch.randn(1, 6, 4, 4)) in ("rows", "matmul")  # batch 1: mixed
+    assert shapes == [torch.Size([8, 24, 1, 1])]  # one dense conv over 4 scaled input copies
 
 
 def every_path(layer: CondConv2d, x: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -309,10 +309,10 @@ MUTATIONS = [
         CONDCONV,
     ),
     Mutation(
-        "condconv: auto takes the mixture for 16-pixel maps no more",
+        "condconv: auto stacks 16-pixel maps no more",
         CC,
-        "pixels <= SMALL_MAP_PIXELS",
-        "pixels < SMALL_MAP_PIXELS",
+        "pixels <= STACKED_MAX_PIXELS",
+        "pixels < STACKED_MAX_PIXELS",
         CONDCONV,
     ),
     Mutation(

@@ -14,9 +14,8 @@ the layer's `formulation`, one of `FORMULATIONS`:
   depthwise conv) as the `mixture` of expert outputs.
 - ``auto`` (the default): off the CPU, as ``batched`` (a channels_last map stays
   channels_last, and a compiled network has few graphs). On the CPU the fastest in eager
-  PyTorch, measured in `benchmarks/RESULTS.md`: a 1x1 conv as ``batched``, or the expert
-  `mixture` where the output has at most `SMALL_MAP_PIXELS` pixels (groups 1, batch > 1; there
-  the per-example kernels outweigh the map, and the mixture builds none); a
+  PyTorch, measured per layer kind in `benchmarks/RESULTS.md`: a 1x1 conv as ``batched``, or
+  `stacked` where the output has at most `STACKED_MAX_PIXELS` pixels (groups 1, batch > 1); a
   depthwise conv on a batch of channels_last float32 maps as `native` (the compiled kernel),
   else `grouped`.
 """
@@ -33,9 +32,8 @@ from condnet.errors import CondnetError
 from condnet.models import condconv_forms as forms
 from condnet.models.pooling import spatial_mean
 
-# On the CPU `auto` mixes 1x1 kernels per example only where the output has more pixels than
-# this; on smaller maps it sums the experts' outputs (`mixture`).
-SMALL_MAP_PIXELS = 16
+# `auto` mixes kernels only where the output has more pixels than this (else it scales inputs).
+STACKED_MAX_PIXELS = 16
 
 
 ROUTING_ACTIVATIONS = ("sigmoid", "softmax")
@@ -175,8 +173,8 @@ class CondConv2d(nn.Module):
             return "native" if forms.applies("native", self.weight, self.groups, x) else "grouped"
         (pad_h, pad_w), (stride_h, stride_w) = self.padding, self.stride
         pixels = -(-(x.shape[2] + 2 * pad_h) // stride_h) * -(-(x.shape[3] + 2 * pad_w) // stride_w)
-        if pixels <= SMALL_MAP_PIXELS and self.groups == 1 and x.shape[0] > 1:
-            return "mixture"
+        if pixels <= STACKED_MAX_PIXELS and self.groups == 1 and x.shape[0] > 1:
+            return "stacked"
         return self._pointwise_form(x)
 
     def _pointwise_form(self, x: Tensor) -> str:
