@@ -29,7 +29,7 @@ def run_state(folder: Path, epochs: int) -> str:
     """'finished', 'partial' (resumable) or 'new'."""
     if not (folder / "last.pt").is_file():
         return "new"
-    done = load_checkpoint(folder / "last.pt")["epoch"] + 1
+    done = load_checkpoint(folder / "last.pt")["epoch"]
     return "finished" if done >= epochs else "partial"
 
 

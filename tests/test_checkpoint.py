@@ -85,7 +85,7 @@ def test_checkpoint_contents_and_evaluate_matches_log(tmp_path, capsys):
         "metrics",
         "versions",
     } <= set(state)
-    assert state["epoch"] == 2 and len(state["metrics"]) == 3
+    assert state["epoch"] == 3 and len(state["metrics"]) == 3  # epochs finished
     for name, epoch in (("last.pt", 2), ("best.pt", best)):
         result = evaluate_checkpoint(tmp_path / name)
         assert result["epoch"] == epoch + 1  # counted from 1, as the log and the text say
@@ -109,8 +109,8 @@ def test_best_checkpoint_is_the_first_epoch_with_the_best_top1(tmp_path, monkeyp
     monkeypatch.setattr(trainer, "evaluate", lambda *a, **k: real(*a, **k) | {"top1": next(scores)})
     train(tiny_config(), tmp_path, progress=False)
     best, last = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(tmp_path / "last.pt")
-    assert (best["epoch"], best["best_top1"]) == (1, 60.0)
-    assert (last["epoch"], last["best_top1"]) == (2, 60.0)
+    assert (best["epoch"], best["best_top1"]) == (2, 60.0)
+    assert (last["epoch"], last["best_top1"]) == (3, 60.0)
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path, capsys):
@@ -262,3 +262,17 @@ def test_evaluate_refuses_to_change_the_checkpoints_network(tmp_path, capsys):
     assert main(["evaluate", str(run), "--set", "model.name=paper-se"]) == 2
     err = capsys.readouterr().err
     assert "--set model.name: evaluate uses the checkpoint's own network" in err
+
+
+def test_a_checkpoint_counting_epochs_from_0_reads_counting_from_1(tmp_path):
+    """Format 2 saved the last finished epoch's index and 0-based records; format 3 counts
+    epochs from 1 (how many finished), and reads the old one the same way."""
+    run = small_run(tmp_path)
+    state = load_checkpoint(run / "last.pt")
+    assert state[FORMAT_KEY] == 3 and state["epoch"] == 1 and state["metrics"][0]["epoch"] == 1
+    old = state | {FORMAT_KEY: 2, "epoch": 0, "resumes": [{"epoch": 0, "changes": {}}]}
+    old["metrics"] = [{**r, "epoch": 0} for r in state["metrics"]]
+    save_checkpoint(old, tmp_path / "old.pt")
+    read = load_checkpoint(tmp_path / "old.pt")
+    assert read["epoch"] == 1 and [r["epoch"] for r in read["metrics"]] == [1]
+    assert read["resumes"] == [{"epoch": 1, "changes": {}}]

@@ -171,7 +171,7 @@ def test_compiled_training_on_the_device_never_recompiles(tmp_path, name):
     train(resume_config(out), out, resume=True, progress=False)
     assert counters["stats"]["unique_graphs"] == graphs
     records = read_metrics(out)
-    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
     name = torch.cuda.get_device_name(0)
     assert all(r["precision"] == "bf16 autocast" and r["device"] == name for r in records)
     assert all(math.isfinite(r["train_loss"]) and r["train_images"] == 192 for r in records)

@@ -110,9 +110,9 @@ def test_training_samples_every_n_steps(tmp_path):
     steps = 192 // 32
     train_side = [r for r in records if r["phase"] == "train"]
     assert [(r["epoch"], r["step"]) for r in train_side] == [
-        (e, s) for e in range(2) for s in range(0, steps, 2)
+        (e, s) for e in (1, 2) for s in range(0, steps, 2)
     ]
-    assert [r["epoch"] for r in records if r["phase"] == "val"] == [0, 1]
+    assert [r["epoch"] for r in records if r["phase"] == "val"] == [1, 2]
     sample = train_side[0]["blocks"][0]
     assert sample["grad_ratio_routing"] > 0 and sample["grad_ratio_experts"] > 0
     # Initial routing weights are sigmoid(~0) = 0.5 and the experts are independent: the mixed
@@ -143,7 +143,7 @@ def test_resume_rewrites_routing_log_after_the_checkpoint(tmp_path):
     with (tmp_path / "part" / "routing.jsonl").open(
         "a"
     ) as f:  # an epoch logged but not checkpointed
-        f.write(json.dumps({"phase": "val", "epoch": 2, "blocks": [], "per_class": []}) + "\n")
+        f.write(json.dumps({"phase": "val", "epoch": 3, "blocks": [], "per_class": []}) + "\n")
     train(resume_config(tmp_path / "part"), tmp_path / "part", resume=True, progress=False)
     full, part = read_routing(tmp_path / "full"), read_routing(tmp_path / "part")
     assert [(r["phase"], r["epoch"]) for r in part] == [(r["phase"], r["epoch"]) for r in full]

@@ -169,5 +169,5 @@ def test_signal_to_one_ddp_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert len(stops) == 1  # both ranks said where, and it is the same step
     # The checkpoint holds the last finished epoch, which the metrics end with.
     epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == list(range(len(epochs)))
+    assert epochs == list(range(1, len(epochs) + 1))  # counted from 1
     assert load_checkpoint(run / "last.pt")["epoch"] == epochs[-1]

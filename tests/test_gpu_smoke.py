@@ -41,6 +41,6 @@ def test_every_section_runs_on_the_cpu_and_prints_as_it_goes(capsys, tmp_path):
     assert all(float(row[4].rstrip(" |")) < 1e-4 for row in rows)
     assert "the cap alone" in sections["cap"] and "over 6 routers" in sections["cap"]
     assert "momentum strides match the weights: True" in sections["resume"]
-    assert "epochs [0, 1]" in sections["resume"]
+    assert "epochs [1, 2]" in sections["resume"]
     assert "graphs after epoch 1:" in sections["compiled"]
     assert "| paper-standard |" in sections["gpu_train"]

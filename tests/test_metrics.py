@@ -44,20 +44,34 @@ def test_top_k_by_hand():
 
 def test_metrics_files_hold_one_row_per_epoch_and_truncate(tmp_path):
     log = MetricsLog(tmp_path)
-    records = [{key: float(epoch) for key in FIELDS} | {"epoch": epoch} for epoch in range(3)]
+    records = [{key: float(epoch) for key in FIELDS} | {"epoch": epoch} for epoch in (1, 2, 3)]
     for record in records:
         log.append(record | {"precision": "fp32"})
     log.close()
     assert read_metrics(tmp_path) == [r | {"precision": "fp32"} for r in records]
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
-    assert list(rows[0]) == list(FIELDS) and [r["epoch"] for r in rows] == ["0", "1", "2"]
-    truncate_metrics(tmp_path, 2)  # a run resumed after epoch 1 rewrites what came after
-    assert [r["epoch"] for r in read_metrics(tmp_path)] == [0, 1]
+    assert list(rows[0]) == list(FIELDS) and [r["epoch"] for r in rows] == ["1", "2", "3"]
+    truncate_metrics(tmp_path, 2)  # a run resumed after epoch 2 rewrites what came after
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
-    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert [r["epoch"] for r in rows] == ["1", "2"]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
     assert read_metrics(tmp_path / "elsewhere") == []
+
+
+def test_metrics_written_counting_epochs_from_0_are_read_counting_from_1(tmp_path):
+    """Runs from before epochs counted from 1 still read, report and resume alike."""
+    old = [{"epoch": epoch, "val_top1": 10.0 * epoch} for epoch in range(3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert [(r["epoch"], r["val_top1"]) for r in read_metrics(tmp_path)] == [
+        (1, 0.0),
+        (2, 10.0),
+        (3, 20.0),
+    ]
+    truncate_metrics(tmp_path, 2)  # rewritten counting from 1
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
 
 
 @pytest.mark.parametrize("k", [1, 5])

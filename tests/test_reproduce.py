@@ -87,7 +87,7 @@ def test_reproduce_resumes_unfinished_and_skips_finished(tmp_path, tiny_yaml, mo
         json.loads(x)["epoch"]
         for x in (out / "paper-se" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert epochs == [0, 1] and cfg.train.epochs == 2
+    assert epochs == [1, 2] and cfg.train.epochs == 2
     calls.clear()
     reproduce(tiny_yaml, out, progress=False)
     assert calls == []
@@ -144,7 +144,7 @@ def test_reproduce_side_by_side_trains_each_block_in_its_own_process(tmp_path, t
     printed = capsys.readouterr().out
     for name in MODELS:
         assert f"[{name}] epoch 2/2" in printed
-        assert load_checkpoint(out / name / "last.pt")["epoch"] == 1
+        assert load_checkpoint(out / name / "last.pt")["epoch"] == 2
         # tiny_config sets one thread
         assert load_config(out / name / "config.yaml").run.threads == 1
     assert [r["model"] for r in rows] == MODELS and not list(out.glob(".*.yaml"))
@@ -157,7 +157,7 @@ def test_reproduce_side_by_side_names_a_failed_block(tmp_path, tiny_yaml, capsys
     assert main(["reproduce", "--config", str(tiny_yaml), "--out", str(out), "--jobs", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("condnet reproduce: error: training failed: paper-se (exit status ")
-    assert load_checkpoint(out / "paper-condconv" / "last.pt")["epoch"] == 1  # the others still ran
+    assert load_checkpoint(out / "paper-condconv" / "last.pt")["epoch"] == 2  # the others ran
 
 
 def test_precision_and_device_are_recorded_per_run(tmp_path):

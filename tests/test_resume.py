@@ -90,7 +90,7 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch, stop_after):
     )
     assert all(torch.equal(full_weights[k], part[k]) for k in full_weights)
     lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
     # The resumed process starts each epoch from the generators' states, and sees the batches,
     # of the uninterrupted run: the checkpoint's states were restored (each epoch then seeds
     # its own, so the states protect whatever draws before that).
@@ -125,7 +125,7 @@ def test_optimizer_settings_changed_on_resume_are_applied(tmp_path, capsys):
         scale = 0.5 if group["routing"] else 1.0
         assert group["lr_scale"] == scale and group["lr"] == pytest.approx(lr * scale)
     before = {key: [getattr(cfg.train, key[6:]), value] for key, value in changed.items()}
-    assert state["resumes"] == [{"epoch": 1, "changes": before}]
+    assert state["resumes"] == [{"epoch": 2, "changes": before}]  # from the second epoch
     assert load_config(tmp_path / "config.yaml").train.weight_decay == 0.001
 
 
@@ -205,7 +205,7 @@ def test_resume_with_another_layout_keeps_the_momentum_in_the_weights_layout(tmp
     restored = [b for _, b in pairs]
     assert all(torch.equal(restored[i], momentum[i]) for i in momentum)  # same values
     train(changed, tmp_path, resume=True, progress=False)
-    assert [r["epoch"] for r in read_metrics(tmp_path)] == [0, 1]
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
 
 
 def run_cli(args: list[str]) -> subprocess.Popen:
@@ -263,8 +263,8 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, uninterrupted, how):
     )
     assert all(torch.equal(full["model"][k], resumed["model"][k]) for k in full["model"])
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [
-        0,
         1,
         2,
         3,
+        4,
     ]

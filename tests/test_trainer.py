@@ -48,7 +48,7 @@ def test_learns_a_small_real_subset(tmp_path):
     metrics = train(cfg, tmp_path, progress=False)
     assert metrics[-1]["val_top1"] > 50  # chance is 10 %
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # counted from 1, as printed
     logged = {"epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5"}
     assert set(rows[0]) >= logged | {"epoch_seconds", "images_per_second"}
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("epoch,lr,train_loss")
@@ -175,7 +175,7 @@ def test_a_signal_stops_training_after_the_current_step(tmp_path, monkeypatch, c
         train(tiny_config(), tmp_path / "run", progress=False)  # 6 steps an epoch
     assert len(steps) == 6 + 3
     assert "SIGINT: stopped before step 4 of epoch 2; " in capsys.readouterr().err
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1  # epochs finished
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
@@ -184,7 +184,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(CondnetError, match="training loss became (nan|inf)"):
         train(cfg, tmp_path / "run", progress=False)
     state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["epoch"] == -1 and all(
+    assert state["epoch"] == 0 and all(  # none finished
         torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
     )
 

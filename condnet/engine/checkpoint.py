@@ -34,8 +34,8 @@ from condnet.models import CondNet, NetSpec
 from condnet.version import __version__
 
 FORMAT_KEY = "format_version"
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)  # 1: written before the key existed
+FORMAT_VERSION = 3  # 3: epochs counted from 1 (`epoch`: how many finished)
+READABLE_FORMATS = (1, 2, 3)  # 1: written before the key existed
 REQUIRED_KEYS = ("model", "model_spec", "class_names")
 
 
@@ -123,6 +123,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CondnetError(
             f"{path}: not a condnet checkpoint (expected keys {', '.join(REQUIRED_KEYS)})"
         )
+    return _epochs_from_one(state)
+
+
+def _epochs_from_one(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint from before format 3 counted epochs from 0 (`epoch`: the last finished
+    one's index): read it as format 3 does."""
+    if state.get(FORMAT_KEY, 1) >= 3:
+        return state
+    if "epoch" in state:
+        state["epoch"] += 1
+    if state.get("metrics"):
+        state["metrics"] = [{**r, "epoch": r["epoch"] + 1} for r in state["metrics"]]
+    state["resumes"] = [{**r, "epoch": r["epoch"] + 1} for r in state.get("resumes", [])]
     return state
 
 

@@ -168,7 +168,8 @@ class RoutingMonitor:
             acc["class_count"].index_add_(0, index, mask)
 
     def epoch_records(self, epoch: int, reduce: Any = None) -> list[dict[str, Any]]:
-        """The epoch's training samples and validation summary as JSON-ready records.
+        """The epoch's training samples and validation summary as JSON-ready records (`epoch`
+        as recorded: counted from 1 in a run).
 
         `reduce(tensor)` sums a validation accumulator over processes (DDP); the one host copy
         of the epoch happens here.

@@ -83,7 +83,7 @@ def evaluate_checkpoint(
     model = model_from_checkpoint(state)
     result = evaluate_model(model, list(state["class_names"]), cfg, whole_folder=bool(data))
     epoch = state.get("epoch")
-    return {"checkpoint": str(path), "epoch": None if epoch is None else epoch + 1, **result}
+    return {"checkpoint": str(path), "epoch": epoch, **result}
 
 
 def evaluate_model(

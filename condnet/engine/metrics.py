@@ -66,17 +66,29 @@ class MetricsLog:
 
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:
+    """The run's records, one per epoch, epochs counted from 1 (files written before condnet
+    counted from 1 start at 0: read as if they did)."""
     path = out / "metrics.jsonl"
-    return (
+    records = (
         [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if path.exists()
         else []
     )
+    return from_one(records)
+
+
+def from_one(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`records` with their epochs counted from 1: shifted by one when the first is epoch 0
+    (a file or checkpoint from before condnet counted from 1)."""
+    if records and min(r["epoch"] for r in records) == 0:
+        return [{**r, "epoch": r["epoch"] + 1} for r in records]
+    return records
 
 
 def truncate_metrics(out: Path, epochs: int) -> None:
-    """Keep the first `epochs` records (a resumed run rewrites what came after its checkpoint)."""
-    records = [r for r in read_metrics(out) if r["epoch"] < epochs]
+    """Keep the records of the first `epochs` epochs (a resumed run rewrites what came after
+    its checkpoint); an old file is rewritten counting from 1."""
+    records = [r for r in read_metrics(out) if r["epoch"] <= epochs]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     with (out / "metrics.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, FIELDS, extrasaction="ignore")

@@ -25,13 +25,17 @@ class RoutingLog:
     def truncate(self, epochs: int) -> None:
         """Keep the records of the first `epochs` epochs (a resumed run rewrites the rest)."""
         if self.path.exists():
-            kept = [r for r in read_routing(self.path.parent) if r["epoch"] < epochs]
+            kept = [r for r in read_routing(self.path.parent) if r["epoch"] <= epochs]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 def read_routing(out: str | Path) -> list[dict[str, Any]]:
-    """The records of the run in `out` (none when it has no routing file)."""
+    """The records of the run in `out` (none when it has no routing file), epochs counted
+    from 1."""
     path = Path(out) / ROUTING_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if records and min(r["epoch"] for r in records) == 0:  # written before epochs counted from 1
+        return [{**r, "epoch": r["epoch"] + 1} for r in records]
+    return records

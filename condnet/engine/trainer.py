@@ -190,11 +190,11 @@ def _resume_state(out: Path, cfg: Config, announce: bool) -> tuple[dict[str, Any
     changes = check_resume(from_dict(state["config"]), cfg)
     resumes = list(state.get("resumes", []))
     if changes:
-        first = state["epoch"] + 1
+        first = state["epoch"] + 1  # the first epoch this run trains, counted from 1
         resumes.append({"epoch": first, "changes": {k: list(v) for k, v in changes.items()}})
         if announce:
             listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
-            print(f"resuming at epoch {first + 1} with changed settings: {listed}", file=sys.stderr)
+            print(f"resuming at epoch {first} with changed settings: {listed}", file=sys.stderr)
     return state, resumes
 
 
@@ -217,7 +217,7 @@ def resume_config(out: Path, overrides: dict[str, Any] | None = None) -> Config:
 
 def _log_line(record: dict[str, Any], epochs: int) -> str:
     return (
-        f"epoch {record['epoch'] + 1}/{epochs}  lr {record['lr']:.5f}  "
+        f"epoch {record['epoch']}/{epochs}  lr {record['lr']:.5f}  "
         f"train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
         f"top1 {record['val_top1']:.2f}  top5 {record['val_top5']:.2f}  "
         f"({record['epoch_seconds']:.1f} s, {record['images_per_second']:.0f} img/s)"
@@ -299,10 +299,11 @@ def _check_start(cfg: Config, rt: Runtime, out: Path, resume: bool) -> None:
 
 
 def _progress_so_far(state: dict[str, Any] | None) -> tuple[int, list, float]:
-    """(first epoch to train, metrics records, best top-1) of a resumed run, or of a new one."""
+    """(index of the first epoch to train, metrics records, best top-1) of a resumed run, or
+    of a new one; a checkpoint's `epoch` counts the epochs it finished."""
     if state is None:
         return 0, [], -math.inf
-    return state["epoch"] + 1, state["metrics"], state["best_top1"]
+    return state["epoch"], state["metrics"], state["best_top1"]
 
 
 def _prepare_folder(out: Path, cfg: Config, start: int) -> None:
@@ -314,7 +315,7 @@ def _prepare_folder(out: Path, cfg: Config, start: int) -> None:
 
 
 def _say_interrupted(err: Interrupted, out: Path, rt: Runtime) -> None:
-    done = load_checkpoint(out / "last.pt")["epoch"] + 1
+    done = load_checkpoint(out / "last.pt")["epoch"]
     rank = f"rank {rt.dist.rank}: " if rt.dist.enabled else ""
     print(
         f"{rank}{err}: stopped before step {err.step + 1} of epoch {err.epoch + 1}; "
@@ -375,7 +376,7 @@ def _saver(out: Path, ctx: EpochContext, *, class_names, resumes: list):
             return
         training = {
             "optimizer": ctx.optimizer.state_dict(),
-            "epoch": epoch,
+            "epoch": epoch + 1,  # epochs finished, counted from 1 (0: none yet)
             "rng": rng_state(),
             "metrics": metrics,
             "best_top1": best_top1,
@@ -446,7 +447,7 @@ def run_epoch(
         on_bad_image=cfg.data.on_bad_image,
     )
     record = {
-        "epoch": epoch,
+        "epoch": epoch + 1,  # counted from 1, as printed
         "lr": lr,
         "train_loss": loss,
         "val_loss": val["loss"],
@@ -465,7 +466,11 @@ def run_epoch(
 def _routing_records(ctx: EpochContext, epoch: int) -> list[dict[str, Any]]:
     if ctx.monitor is None:
         return []
-    return ctx.monitor.epoch_records(epoch, lambda t: distributed.sum_across(t, ctx.rt.dist))
+
+    def reduce(values):
+        return distributed.sum_across(values, ctx.rt.dist)
+
+    return ctx.monitor.epoch_records(epoch + 1, reduce)  # epochs counted from 1
 
 
 def _wrap(model: nn.Module, cfg: Config, rt: Runtime) -> nn.Module:

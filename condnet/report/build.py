@@ -53,7 +53,7 @@ def table3_markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['model']} | {r['epochs']} | {r['precision']} | {r['device']} "
             f"| {duration(r['train_seconds'])} | {r['images_per_second']:.0f} "
-            f"| {r['best_top1']:.2f} ({r['best_epoch'] + 1}) | {r['best_top5']:.2f} "
+            f"| {r['best_top1']:.2f} ({r['best_epoch']}) | {r['best_top5']:.2f} "
             f"| {r['final_top1']:.2f} | {r['final_top5']:.2f} | {r['params']:,} | {r['macs']:,} "
             f"| {paper_cells[0]} | {paper_cells[1]} |"
         )
@@ -222,7 +222,7 @@ def _training(run: Run) -> str:
     text = f"{run.recorded('precision')} on {run.recorded('device')}"
     for resume in run.resumes:
         changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in resume["changes"].items())
-        text += f"; from epoch {resume['epoch'] + 1}: {changes}"
+        text += f"; from epoch {resume['epoch']}: {changes}"
     return text
 
 

@@ -22,7 +22,7 @@ def plot_curves(runs: list[Run], path: Path) -> Path:
     """Write the two-panel figure to `path` (PNG)."""
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     for run in runs:
-        epochs = [r["epoch"] + 1 for r in run.metrics]
+        epochs = [r["epoch"] for r in run.metrics]
         acc.plot(epochs, [r["val_top1"] for r in run.metrics], marker="o", ms=3, label=run.name)
         loss.plot(epochs, [r["train_loss"] for r in run.metrics], marker="o", ms=3, label=run.name)
     acc.set(title="Validation top-1 accuracy", xlabel="epoch", ylabel="top-1 (%)")

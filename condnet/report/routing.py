@@ -81,7 +81,7 @@ def plot_by_class(
     fig.colorbar(image, ax=axes, shrink=0.6, label="mean routing weight")
     if not class_names or len(class_names) > 20:
         fig.supxlabel("class index", fontsize=8)
-    fig.suptitle(f"Mean routing weight per class (x) and expert (y), epoch {record['epoch'] + 1}")
+    fig.suptitle(f"Mean routing weight per class (x) and expert (y), epoch {record['epoch']}")
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -105,7 +105,7 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> Path:
     steps = {}
     for r in samples:
         steps[r["epoch"]] = max(steps.get(r["epoch"], 0), r["step"] + 1)
-    x = [r["epoch"] + r["step"] / steps[r["epoch"]] for r in samples]
+    x = [r["epoch"] - 1 + r["step"] / steps[r["epoch"]] for r in samples]  # epoch 1 from 0
     fig, axes = plt.subplots(
         1, len(TRAINING_PANELS), figsize=(4 * len(TRAINING_PANELS), 3.6), dpi=110
     )
@@ -142,7 +142,7 @@ def routing_table(records: list[dict[str, Any]]) -> str:
     """Markdown: the last evaluated epoch's routing statistics per block."""
     record = last_eval(records)
     lines = [
-        f"Routing weights on the validation set, epoch {record['epoch'] + 1}:",
+        f"Routing weights on the validation set, epoch {record['epoch']}:",
         "",
         "| block | mean | spread | spread across examples | < 0.05 | > 0.95 | entropy "
         "| mean per expert |",
@@ -164,7 +164,7 @@ def gradient_table(samples: list[dict[str, Any]]) -> list[str]:
     """Markdown lines: per block, over one epoch's training samples, the routers' gradient
     ratio to their experts' before the cap, and how often and how hard the cap bound."""
     lines = [
-        f"Routers' gradients in training, epoch {samples[0]['epoch'] + 1} "
+        f"Routers' gradients in training, epoch {samples[0]['epoch']} "
         f"({len(samples)} samples; ratio = router / expert gradient-to-weight, before any cap):",
         "",
         "| block | ratio, median | ratio, max | cap bound | cap factor, median | cap factor, min |",
