@@ -28,6 +28,7 @@ import torch
 
 from condnet.config import Config
 from condnet.data.transform_spec import TransformSpec
+from condnet.engine.metrics import from_one
 from condnet.errors import CondnetError, first_line
 from condnet.files import file_kind, write_atomically
 from condnet.models import CondNet, NetSpec
@@ -134,7 +135,7 @@ def _epochs_from_one(state: dict[str, Any]) -> dict[str, Any]:
     if "epoch" in state:
         state["epoch"] += 1
     if state.get("metrics"):
-        state["metrics"] = [{**r, "epoch": r["epoch"] + 1} for r in state["metrics"]]
+        state["metrics"] = from_one(state["metrics"])
     state["resumes"] = [{**r, "epoch": r["epoch"] + 1} for r in state.get("resumes", [])]
     return state
 

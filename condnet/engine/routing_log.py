@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from condnet.engine.metrics import from_one
+
 ROUTING_FILE = "routing.jsonl"
 
 
@@ -35,7 +37,4 @@ def read_routing(out: str | Path) -> list[dict[str, Any]]:
     path = Path(out) / ROUTING_FILE
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if records and min(r["epoch"] for r in records) == 0:  # written before epochs counted from 1
-        return [{**r, "epoch": r["epoch"] + 1} for r in records]
-    return records
+    return from_one([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
