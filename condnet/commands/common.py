@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from condnet.checks import MODEL_OVERRIDES
+from condnet.choices import RUN_DEVICES
 from condnet.errors import CondnetError
 
 
@@ -90,16 +91,23 @@ def chosen_model_file(path: str, last: bool) -> str:
     return str(chosen)
 
 
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """`--device D`: a shortcut for `--set run.device=D`."""
+    parser.add_argument("--device", choices=RUN_DEVICES, help="run.device (auto)")
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """`--seed` and `--device`: shortcuts for `--set run.seed=N run.device=D`."""
     parser.add_argument("--seed", type=int, help="run.seed: weights, data order, augmentation")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="run.device (auto)")
+    add_device_option(parser)
 
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """`--set`, with `--seed` and `--device` as the run keys they stand for."""
+    """`--set`, with `--seed` and `--device` (where the command has them) as the run keys
+    they stand for."""
     overrides = parse_assignments(args.set)
-    for key, value in (("run.seed", args.seed), ("run.device", args.device)):
+    shortcuts = (("run.seed", "seed"), ("run.device", "device"))
+    for key, value in ((key, getattr(args, name, None)) for key, name in shortcuts):
         if value is not None:
             overrides[key] = value
     return overrides

@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from condnet.commands.common import add_set_option, parse_assignments
+from condnet.commands.common import add_device_option, add_set_option, run_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="evaluate on this data.root instead (a plain folder of class folders: all of it; "
         "its classes may be some of the checkpoint's)",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="run.device (auto)")
+    add_device_option(p)
     add_set_option(p, "data.source=imagefolder")
     p.add_argument(
         "--config",
@@ -30,18 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = parse_assignments(args.set)
-    if args.device:
-        overrides["run.device"] = args.device
+    from condnet.deploy.model_file import evaluate_model_file
     from condnet.engine.checkpoint import model_file
-    from condnet.engine.evaluation import evaluate_checkpoint
-    from condnet.files import file_kind
 
     path = model_file(args.checkpoint, args.last)
-    if path.is_file() and file_kind(path) == "safetensors":
-        result = _evaluate_weights(path, overrides, args)
-    else:
-        result = evaluate_checkpoint(path, overrides, args.data)
+    result = evaluate_model_file(path, run_overrides(args), args.data, args.config)
     if args.json:
         print(json.dumps(result))
     else:
@@ -52,23 +45,6 @@ def run(args: argparse.Namespace) -> int:
             f"{result['precision']} on {result['device']})"
         )
     return 0
-
-
-def _evaluate_weights(path, overrides: dict, args: argparse.Namespace) -> dict:
-    """A weights file on the data of `--config` (+ `--data`, `--set`), transformed as the
-    file's eval transform says; it trained no epochs that it records."""
-    from condnet.config import load_config
-    from condnet.deploy.weights import read_weights
-    from condnet.engine.evaluation import evaluate_model
-
-    bundle = read_weights(path)
-    spec = bundle.transform
-    sizes = {"data.resize": spec.resize, "data.crop": spec.crop}
-    sizes |= {"data.mean": list(spec.mean), "data.std": list(spec.std)}
-    data = {"data.root": args.data} if args.data else {}
-    cfg = load_config(args.config, {**sizes, **overrides, **data})
-    result = evaluate_model(bundle.model, bundle.class_names, cfg, whole_folder=bool(args.data))
-    return {"checkpoint": str(path), "epoch": None, **result}
 
 
 def _epoch(epoch: int | None) -> str:

@@ -4,6 +4,7 @@ import argparse
 import json
 import sys
 
+from condnet.choices import DEVICES
 from condnet.commands.common import chosen_model_file
 from condnet.errors import CondnetError
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image files, or folders read recursively in sorted order",
     )
     p.add_argument("--last", action="store_true", help="a run folder's last.pt, not best.pt")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda (cpu)")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="cpu or cuda (cpu)")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
     p.add_argument("--json", action="store_true", help="one JSON object per image and line")

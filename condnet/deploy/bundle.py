@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from condnet.data.transform_spec import TransformSpec
-from condnet.deploy.onnx_model import (
+from condnet.deploy.metadata import (
     CLASSES_KEY,
     SPEC_KEY,
     TRANSFORM_KEY,

@@ -141,7 +141,9 @@ def _epochs_from_one(state: dict[str, Any]) -> dict[str, Any]:
 
 
 NOT_A_CHECKPOINT = {
-    "safetensors": "a safetensors weights file, not a checkpoint: predict and export read it",
+    "safetensors": (
+        "a safetensors weights file, not a checkpoint: evaluate, predict and export read it"
+    ),
     "onnx": "an ONNX model, not a checkpoint: condnet predict runs it",
     "image": "an image, not a checkpoint",
     "zip": "a zip archive, not a checkpoint",
@@ -199,21 +201,24 @@ def load_initial_weights(model: CondNet, path: str, new_classifier: bool = False
     own = model.state_dict()
     expected = set(own) - (set(CLASSIFIER) if new_classifier else set())
     for name in sorted(expected | set(weights)):
-        problem = (
-            "missing"
-            if name not in weights
-            else "not in this network"
-            if name not in own
-            else None
-            if weights[name].shape == own[name].shape
-            else f"shape {tuple(weights[name].shape)}, this network's {tuple(own[name].shape)}"
-        )
+        problem = _misfit(weights.get(name), own.get(name))
         if problem:
-            hint = (
-                "; train.init_classifier=new for another class count" if name in CLASSIFIER else ""
+            hint = "; train.init_classifier=new for another class count"
+            raise CondnetError(
+                f"train.init_weights: {path}: {name}: {problem}{hint if name in CLASSIFIER else ''}"
             )
-            raise CondnetError(f"train.init_weights: {path}: {name}: {problem}{hint}")
     model.load_state_dict(weights, strict=not new_classifier)
+
+
+def _misfit(given: torch.Tensor | None, own: torch.Tensor | None) -> str | None:
+    """Why a weight from a file does not fit the network's (None: it fits)."""
+    if given is None:
+        return "missing"
+    if own is None:
+        return "not in this network"
+    if given.shape != own.shape:
+        return f"shape {tuple(given.shape)}, this network's {tuple(own.shape)}"
+    return None
 
 
 def _weights_of(path: Path) -> dict[str, torch.Tensor]:
